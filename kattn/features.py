@@ -8,13 +8,13 @@ Docs: https://kattn.github.io/kattn/features.html.md"""
 __all__ = ['FEATURE_MAPS', 'gaussian_draws', 'FeatureMap', 'step_feature_maps', 'positive_features', 'PositiveRandomFeatures',
            'trig_features', 'TrigonometricRandomFeatures', 'EluFeatures', 'ReluFeatures', 'make_feature_map']
 
-# %% ../nbs/01_features.ipynb #21b6bfe1
+# %% ../nbs/01_features.ipynb #e51f45f3
 import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# %% ../nbs/01_features.ipynb #833307e4
+# %% ../nbs/01_features.ipynb #03724c30
 def gaussian_draws(num_features: int, # m, number of rows
                    head_dim: int, # d, row dimension
                    orthogonal: bool = False, # orthogonal blocks of d rows (ORF) instead of iid rows
@@ -39,7 +39,7 @@ def gaussian_draws(num_features: int, # m, number of rows
         torch.randn(m, d, **kw).norm(dim=-1, keepdim=True)
     return w * norms
 
-# %% ../nbs/01_features.ipynb #020a4393
+# %% ../nbs/01_features.ipynb #1a0096a3
 def _check_pos_int(name, v, allow_none=False):
     if v is None and allow_none: return
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -121,28 +121,26 @@ def step_feature_maps(module: nn.Module, # any model
     for m in maps: m.step()
     return len(maps)
 
-# %% ../nbs/01_features.ipynb #cb94bfcf
-_KEY_LOG_CAP = 60.0
-
+# %% ../nbs/01_features.ipynb #d93ec995
 def _work_dtype(x: Tensor): return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 def positive_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
-                      weight: Tensor, # [m, d] projections w_i
+                      weight: Tensor, # [..., m, d] projections w_i
                       is_query: bool = False, # subtract each row's own max (cancels in attention)
                       stabilize: bool = True, # False: Eq. 4 literally
                       key_offset: Tensor | float = 0.0, # constant subtracted from every key's log-features
+                      key_log_cap: float | None = 60.0, # clamp key log-features from above (None: no cap)
                      ) -> Tensor: # [..., n, m] positive features, float32 (float64 for float64 x)
     "Performer's positive random features exp(Wx - |x|^2/2)/sqrt(m), computed in log space."
     work = _work_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         x, w = x.to(work), weight.to(work)
-        logits = x @ w.T - 0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(w.shape[0])
-        if stabilize:
-            logits = logits - (logits.amax(-1, keepdim=True).detach() if is_query else key_offset)
+        logits = x @ w.transpose(-1, -2) - 0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(w.shape[-2])
+        if stabilize and is_query: logits = logits - logits.amax(-1, keepdim=True).detach()
+        elif stabilize:
+            logits = logits - key_offset
+            if key_log_cap is not None: logits = logits.clamp_max(key_log_cap)
         return torch.exp(logits)
-
-def _key_offset(w: Tensor) -> Tensor:
-    return ((w * w).sum(-1).amax() / 2 - _KEY_LOG_CAP).clamp_min(0.0)
 
 class PositiveRandomFeatures(FeatureMap):
     "Positive random features (Performer's FAVOR+, Luo Eq. 4): E[phi(x).phi(y)] = exp(x.y)."
@@ -159,22 +157,21 @@ class PositiveRandomFeatures(FeatureMap):
         self.register_draws()
 
     def draw(self, generator=None, device=None):
-        w = gaussian_draws(self.num_features, self.head_dim, self.orthogonal, self.sphere, generator, device)
-        return {"weight": w, "key_offset": _key_offset(w)}
+        return {"weight": gaussian_draws(self.num_features, self.head_dim, self.orthogonal, self.sphere, generator, device)}
 
     def forward(self, x: Tensor, # [..., n, head_dim]
                 is_query: bool = False, # queries get a per-row shift
                ) -> Tensor: # [..., n, num_features]
         "Map queries or keys to positive features."
         self.check_input(x)
-        return positive_features(x, self.weight, is_query, self.stabilize, self.key_offset)
+        return positive_features(x, self.weight, is_query, self.stabilize)
 
     def extra_repr(self):
         return super().extra_repr() + f", orthogonal={self.orthogonal}, sphere={self.sphere}"
 
-# %% ../nbs/01_features.ipynb #27d4a0e8
+# %% ../nbs/01_features.ipynb #3fad0e6c
 def trig_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
-                  weight: Tensor, # [m, d] projections w_i
+                  weight: Tensor, # [..., m, d] projections w_i
                   is_query: bool = False, # drop the per-query factor exp(|q|^2/2)
                   stabilize: bool = True, # False: Eq. 5 literally
                  ) -> Tensor: # [..., n, 2m]: [sin(Wx), cos(Wx)] * exp(|x|^2/2) / sqrt(m)
@@ -182,8 +179,8 @@ def trig_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
     work = _work_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         x, w = x.to(work), weight.to(work)
-        proj = x @ w.T
-        log_scale = -0.5 * math.log(w.shape[0]) + (0.0 if (stabilize and is_query) else 0.5 * (x * x).sum(-1, keepdim=True))
+        proj = x @ w.transpose(-1, -2)
+        log_scale = -0.5 * math.log(w.shape[-2]) + (0.0 if (stabilize and is_query) else 0.5 * (x * x).sum(-1, keepdim=True))
         scale = torch.exp(torch.as_tensor(log_scale, dtype=work, device=x.device))
         return torch.cat([torch.sin(proj), torch.cos(proj)], -1) * scale
 
@@ -215,7 +212,7 @@ class TrigonometricRandomFeatures(FeatureMap):
     def extra_repr(self):
         return super().extra_repr() + f", orthogonal={self.orthogonal}, sphere={self.sphere}"
 
-# %% ../nbs/01_features.ipynb #68c38db5
+# %% ../nbs/01_features.ipynb #799a84bd
 class _DeterministicMap(FeatureMap):
     def __init__(self, head_dim: int, # d
                  num_features: int | None = None, # must be None or head_dim
@@ -236,7 +233,7 @@ class ReluFeatures(_DeterministicMap):
         "Map queries or keys to relu features."
         return F.relu(self.check_input(x))
 
-# %% ../nbs/01_features.ipynb #760a2934
+# %% ../nbs/01_features.ipynb #a89350ca
 FEATURE_MAPS = {"prf": PositiveRandomFeatures, "trf": TrigonometricRandomFeatures,
                 "elu": EluFeatures, "relu": ReluFeatures}
 

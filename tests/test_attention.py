@@ -1,0 +1,288 @@
+"Kernelized attention: every fast path vs the naive O(n^2) reference (float64), gradients, invariants, errors."
+import pytest
+import torch
+
+from kattn.attention import (kernelized_attention, kernelized_softmax_attention, naive_kernelized_attention,
+                             normalized_kernelized_attention, normalized_softmax_attention, rpe_matrix,
+                             softmax_attention)
+from kattn.features import EluFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
+
+D64 = torch.float64
+PATHS = [dict(), dict(causal=True), dict(rpe=True), dict(rpe=True, causal=True), dict(mask=True),
+         dict(mask=True, causal=True), dict(mask=True, rpe=True), dict(mask=True, rpe=True, causal=True)]
+
+
+def case(n, m=5, dv=3, batch=(2, 3), seed=0, positive=True):
+    g = torch.Generator().manual_seed(seed)
+    phi_q = torch.rand(*batch, n, m, generator=g, dtype=D64) + 0.05
+    phi_k = torch.rand(*batch, n, m, generator=g, dtype=D64) + 0.05
+    if not positive: phi_q, phi_k = phi_q - 0.3, phi_k - 0.3
+    v = torch.randn(*batch, n, dv, generator=g, dtype=D64)
+    b = torch.randn(batch[-1], 2 * n - 1, generator=g, dtype=D64) * 2
+    mask = torch.rand(batch[0], 1, n, generator=g) < 0.3
+    mask[..., 0] = False
+    return phi_q, phi_k, v, b, mask
+
+
+def kwargs(path, b, mask):
+    return dict(causal=path.get("causal", False), rpe_bias=b if path.get("rpe") else None,
+                key_padding_mask=mask if path.get("mask") else None)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 129])
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p) or "plain")
+def test_fast_equals_naive_float64(n, path):
+    phi_q, phi_k, v, b, mask = case(n, m=7, dv=5)
+    kw = kwargs(path, b, mask)
+    ref = naive_kernelized_attention(phi_q, phi_k, v, **kw)
+    torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw), ref, rtol=0, atol=1e-10)
+    # small chunks / tiny memory budget: the chunk loops really run
+    torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw, chunk_size=7, memory_budget=1), ref,
+                               rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("path", PATHS[:4], ids=lambda p: "-".join(p) or "plain")
+def test_signed_features_equal_naive(path):
+    # TRF-like signed features: the algebra is the same (denominators stay away from 0 for this seed)
+    phi_q, phi_k, v, b, mask = case(9, positive=False, seed=3)
+    phi_q, phi_k = phi_q + 0.5, phi_k + 0.5
+    kw = kwargs(path, b, mask)
+    torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw),
+                               naive_kernelized_attention(phi_q, phi_k, v, **kw), rtol=0, atol=1e-10)
+
+
+def test_naive_reference_reduces_to_softmax():
+    # phi_q_i . phi_k_j = exp(q_i . k_j / sqrt(d)) exactly -> Eq. 10 is softmax attention with the same bias
+    g = torch.Generator().manual_seed(1)
+    n, d = 7, 3
+    q, k, v = (torch.randn(n, d, generator=g, dtype=D64) for _ in range(3))
+    b = torch.randn(2 * n - 1, generator=g, dtype=D64)
+    mask = torch.tensor([False, True, False, False, False, True, False])
+    phi_q, phi_k = torch.eye(n, dtype=D64), torch.exp(q @ k.T / d ** 0.5).T
+    for kw in [{}, dict(causal=True), dict(rpe_bias=b), dict(rpe_bias=b, causal=True, key_padding_mask=mask)]:
+        torch.testing.assert_close(naive_kernelized_attention(phi_q, phi_k, v, **kw), softmax_attention(q, k, v, **kw),
+                                   rtol=0, atol=1e-12)
+
+
+def test_softmax_reference_matches_sdpa_with_materialized_bias():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 11, 5, generator=g, dtype=D64) for _ in range(3))
+    b = torch.randn(3, 21, generator=g, dtype=D64)
+    bias = rpe_matrix(b)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(softmax_attention(q, k, v, rpe_bias=b), ref, rtol=0, atol=1e-12)
+    causal_mask = torch.ones(11, 11, dtype=torch.bool).tril()
+    ref_c = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~causal_mask, float("-inf")))
+    torch.testing.assert_close(softmax_attention(q, k, v, rpe_bias=b, causal=True), ref_c, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p) or "plain")
+def test_gradients_equal_naive(path):
+    phi_q, phi_k, v, b, mask = case(13, m=4, dv=3, batch=(2, 2), seed=5)
+    kw = kwargs(path, b, mask)
+    leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
+    def run(fn, **extra):
+        kw2 = {**kw, "rpe_bias": leaves[3] if kw["rpe_bias"] is not None else None}
+        out = fn(*leaves[:3], **kw2, **extra)
+        gout = torch.linspace(-1, 1, out.numel(), dtype=D64).reshape(out.shape)
+        return torch.autograd.grad((out * gout).sum(), leaves, allow_unused=True)
+    fast, ref = run(kernelized_attention, chunk_size=4, memory_budget=1), run(naive_kernelized_attention)
+    for a, r in zip(fast, ref):
+        if r is None: assert a is None or torch.all(a == 0)
+        else: torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p) or "plain")
+def test_gradcheck(path):
+    phi_q, phi_k, v, b, mask = case(5, m=3, dv=2, batch=(1, 2), seed=7)
+    kw = kwargs(path, b, mask)
+    args = [phi_q.requires_grad_(), phi_k.requires_grad_(), v.requires_grad_()]
+    if kw["rpe_bias"] is not None: args.append(b.requires_grad_())
+    def f(*a):
+        return kernelized_attention(*a[:3], **{**kw, "rpe_bias": a[3] if len(a) > 3 else None},
+                                    chunk_size=2, memory_budget=1)
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_bias_shift_invariance():
+    phi_q, phi_k, v, b, _ = case(17)
+    for causal in (False, True):
+        torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, b + 123.0, causal),
+                                   kernelized_attention(phi_q, phi_k, v, b, causal), rtol=0, atol=1e-10)
+
+
+def _rms(a, r): return (a - r).pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_converges_to_softmax_as_m_grows(causal):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 24, 8, generator=g, dtype=D64) * 0.6 for _ in range(3))
+    b = torch.randn(2, 47, generator=g, dtype=D64)
+    exact = softmax_attention(q, k, v, b, causal)          # scale 1/sqrt(d); the helper applies d^-1/4 to q and k
+    err = {m: sum(_rms(kernelized_softmax_attention(q, k, v, PositiveRandomFeatures(8, m, False, seed=s).double(),
+                                                    b, causal), exact) for s in range(4)) / 4 for m in (16, 128, 1024)}
+    # Monte-Carlo error ~ 1/sqrt(m): 64x more features -> ~8x smaller; require 3x and monotone
+    assert err[1024] < err[128] < err[16] and err[16] / err[1024] > 3, err
+    assert err[1024] < 0.03, err
+
+
+def test_normalized_converges_to_normalized_softmax():
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 20, 16, generator=g, dtype=D64) * 5 for _ in range(2))   # norms of q, k do not matter
+    v = torch.randn(2, 20, 16, generator=g, dtype=D64)
+    b = torch.randn(39, generator=g, dtype=D64) * 3
+    exact = normalized_softmax_attention(q, k, v, b)
+    err = {m: sum(_rms(normalized_kernelized_attention(q, k, v, PositiveRandomFeatures(16, m, False, seed=s).double(), b),
+                       exact) for s in range(4)) / 4 for m in (16, 1024)}
+    assert err[1024] < err[16] / 3 and err[1024] < 0.02, err
+    # the exact target really is softmax(q_hat . k_hat + b) with no 1/sqrt(d)
+    qh, kh = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(exact, softmax_attention(qh, kh, v, b, scale=1.0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rpe", [False, True])
+def test_causality(dtype, rpe):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 40, 8, generator=g) for _ in range(3))
+    b = torch.randn(2, 79, generator=g) if rpe else None
+    t = 23
+    k2, v2, q2 = k.clone(), v.clone(), q.clone()
+    k2[..., t + 1:, :] = torch.randn(2, 2, 40 - t - 1, 8, generator=g) * 3
+    v2[..., t + 1:, :] = torch.randn(2, 2, 40 - t - 1, 8, generator=g) * 100
+    q2[..., t + 1:, :] *= -2
+    fm = PositiveRandomFeatures(8, 16, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        o1 = kernelized_softmax_attention(q.to(dtype), k.to(dtype), v.to(dtype), fm, b, True, chunk_size=8)
+        o2 = kernelized_softmax_attention(q2.to(dtype), k2.to(dtype), v2.to(dtype), fm, b, True, chunk_size=8)
+    if rpe:   # FFT: causal in exact arithmetic; round-off is relative to the largest term of the whole sequence
+        torch.testing.assert_close(o1[..., :t + 1, :], o2[..., :t + 1, :], rtol=0, atol=2e-3)
+    else:     # chunked prefix sums: bit-exact
+        assert torch.equal(o1[..., :t + 1, :], o2[..., :t + 1, :])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rpe", [False, True])
+def test_padding_left_right_and_unpadded_agree(causal, rpe):
+    g = torch.Generator().manual_seed(4)
+    n, p = 10, 4
+    q, k, v = (torch.randn(3, n, 8, generator=g, dtype=D64) for _ in range(3))
+    b = torch.randn(2 * (n + p) - 1, generator=g, dtype=D64) if rpe else None
+    fm = PositiveRandomFeatures(8, 16, seed=0).double()
+    def pad(t, left):
+        z = torch.randn(3, p, t.shape[-1], generator=g, dtype=D64) * 50
+        return torch.cat([z, t] if left else [t, z], -2)
+    ml, mr = torch.arange(n + p) < p, torch.arange(n + p) >= n
+    out_l = kernelized_softmax_attention(pad(q, 1), pad(k, 1), pad(v, 1), fm, b, causal, ml)[:, p:]
+    out_r = kernelized_softmax_attention(pad(q, 0), pad(k, 0), pad(v, 0), fm, b, causal, mr)[:, :n]
+    torch.testing.assert_close(out_l, out_r, rtol=0, atol=1e-10)
+    b0 = None if b is None else b[p:-p]                           # the same offsets -(n-1)..(n-1)
+    torch.testing.assert_close(out_r, kernelized_softmax_attention(q, k, v, fm, b0, causal), rtol=0, atol=1e-10)
+
+
+def test_padded_keys_can_hold_nonfinite_values():
+    phi_q, phi_k, v, b, _ = case(6, batch=(1, 1))
+    mask = torch.tensor([False, False, True, False, True, False])
+    phi_k2, v2 = phi_k.clone(), v.clone()
+    phi_k2[..., 2, :], v2[..., 4, :] = float("inf"), float("nan")
+    for kw in [{}, dict(causal=True), dict(rpe_bias=b)]:
+        torch.testing.assert_close(kernelized_attention(phi_q, phi_k2, v2, key_padding_mask=mask, **kw),
+                                   kernelized_attention(phi_q, phi_k, v, key_padding_mask=mask, **kw))
+
+
+def test_all_keys_padded_gives_zeros():
+    phi_q, phi_k, v, b, _ = case(4, batch=(1, 1))
+    mask = torch.ones(4, dtype=torch.bool)
+    for kw in [{}, dict(causal=True), dict(rpe_bias=b)]:
+        assert torch.equal(kernelized_attention(phi_q, phi_k, v, key_padding_mask=mask, **kw), torch.zeros_like(v))
+    assert torch.equal(softmax_attention(phi_q, phi_k, v, key_padding_mask=mask), torch.zeros_like(v))
+
+
+def test_eval_determinism():
+    fm = PositiveRandomFeatures(8, 16).eval()
+    q, k, v = (torch.randn(2, 12, 8) for _ in range(3))
+    b = torch.randn(23)
+    o1 = normalized_kernelized_attention(q, k, v, fm, b)
+    fm2 = PositiveRandomFeatures(8, 16).eval(); fm2.load_state_dict(fm.state_dict())
+    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, fm, b))
+    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, fm2, b))
+
+
+@pytest.mark.parametrize("fm", [PositiveRandomFeatures(16, 32, seed=0), TrigonometricRandomFeatures(16, 16, seed=0),
+                                EluFeatures(16)], ids=["prf", "trf", "elu"])
+@pytest.mark.parametrize("path", PATHS[:4], ids=lambda p: "-".join(p) or "plain")
+def test_bf16_autocast_finite(fm, path):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 96, 16, generator=g).bfloat16() for _ in range(3))
+    b = (torch.randn(2, 191, generator=g) * 30 + 500) if path.get("rpe") else None     # large biases: exp(b - max b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernelized_softmax_attention(q, k, v, fm, b, path.get("causal", False))
+        ref = softmax_attention(q.float(), k.float(), v.float(), b, path.get("causal", False))
+    assert torch.isfinite(out).all()
+    if isinstance(fm, PositiveRandomFeatures):
+        assert (out.float() - ref).abs().mean() < 0.5           # a sane estimate, not just finite
+
+
+def test_fp32_close_to_float64():
+    phi_q, phi_k, v, b, mask = case(200, m=16, dv=8, batch=(1, 2))
+    b = b / 4                                   # biases spanning a few nats (FFT round-off: see the next test)
+    for kw in [dict(causal=True), dict(rpe_bias=b), dict(rpe_bias=b, causal=True, key_padding_mask=mask)]:
+        ref = naive_kernelized_attention(phi_q, phi_k, v, **kw)
+        kw32 = {k_: (t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t) for k_, t in kw.items()}
+        out = kernelized_attention(phi_q.float(), phi_k.float(), v.float(), **kw32)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-4)
+
+
+def test_wide_bias_range():
+    # FFT round-off is absolute, relative to the largest weight: a bias spanning ~24 nats is lost in float32 for the
+    # queries that only see small weights, but float64 (FFT in float64) still matches the reference.
+    phi_q, phi_k, v, _, _ = case(64, m=4, dv=3, batch=(1, 1))
+    b = torch.linspace(-24, 0, 127, dtype=D64)          # future offsets dominate
+    for causal in (False, True):
+        ref = naive_kernelized_attention(phi_q, phi_k, v, rpe_bias=b, causal=causal)
+        torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, rpe_bias=b, causal=causal), ref,
+                                   rtol=0, atol=1e-9)
+    # causal: the max runs over the admissible offsets only, so past weights are not scaled into underflow
+    out32 = kernelized_attention(phi_q.float(), phi_k.float(), v.float(), rpe_bias=b.float(), causal=True)
+    assert torch.isfinite(out32).all()
+
+
+def test_cross_attention_lengths():
+    phi_q, _, _, _, _ = case(7)
+    _, phi_k, v, _, _ = case(11)
+    ref = naive_kernelized_attention(phi_q, phi_k, v)
+    torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v), ref, rtol=0, atol=1e-10)
+
+
+def test_errors():
+    phi, v = torch.rand(2, 5, 4), torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="v must have n = 4"): kernelized_attention(phi, phi[:, :4], v)
+    with pytest.raises(ValueError, match=r"2n-1\] = \[\.\.\., 9\]"): kernelized_attention(phi, phi, v, rpe_bias=torch.randn(8))
+    with pytest.raises(ValueError, match="same n"): kernelized_attention(phi[:, :4], phi, v, causal=True)
+    with pytest.raises(ValueError, match="same n"): kernelized_attention(phi[:, :4], phi, v, rpe_bias=torch.randn(9))
+    with pytest.raises(ValueError, match="same last dim"): kernelized_attention(phi, phi[..., :3], v)
+    with pytest.raises(ValueError, match="phi_q must have shape"): kernelized_attention(phi[0, 0], phi, v)
+    with pytest.raises(TypeError, match="phi_q must be floating point"): kernelized_attention(phi.long(), phi, v)
+    with pytest.raises(TypeError, match="rpe_bias must be floating point"):
+        kernelized_attention(phi, phi, v, rpe_bias=torch.ones(9, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"): kernelized_attention(phi.tolist(), phi, v)
+    with pytest.raises(TypeError, match="key_padding_mask must be a bool"):
+        kernelized_attention(phi, phi, v, key_padding_mask=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"\[B, 1, n\]"):
+        kernelized_attention(phi, phi, v, key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch dims"): kernelized_attention(torch.rand(3, 5, 4), phi, v)
+    with pytest.raises(ValueError, match="chunk_size"): kernelized_attention(phi, phi, v, causal=True, chunk_size=0)
+    with pytest.raises(ValueError, match="v must have"): softmax_attention(phi, phi, v[..., 0])
+    with pytest.raises(ValueError, match="rpe_bias must have shape"): softmax_attention(phi, phi, v, rpe_bias=torch.randn(2, 7))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    phi_q, phi_k, v, b, mask = case(33)
+    for kw in [dict(causal=True), dict(rpe_bias=b, causal=True, key_padding_mask=mask), dict(rpe_bias=b)]:
+        cpu = kernelized_attention(phi_q, phi_k, v, **kw)
+        kwc = {k_: (t.cuda() if isinstance(t, torch.Tensor) else t) for k_, t in kw.items()}
+        gpu = kernelized_attention(phi_q.cuda(), phi_k.cuda(), v.cuda(), **kwc)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
