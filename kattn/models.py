@@ -10,7 +10,7 @@ __all__ = ['TransformerConfig', 'LMConfig', 'ClassifierConfig', 'Seq2SeqConfig',
            'PooledEncoder', 'SequenceClassifier', 'DualEncoderClassifier', 'Seq2Seq', 'ViT', 'mask_tokens', 'MLMHead',
            'MaskedLM']
 
-# %% ../nbs/07_models.ipynb #493ee3d4
+# %% ../nbs/07_models.ipynb #57a02f8b
 import math
 from dataclasses import dataclass, field, asdict, replace
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .layers import MultiheadAttention, RelativePositionBias, RelativePositionBias2D, get_attention
 
-# %% ../nbs/07_models.ipynb #e9d8fefd
+# %% ../nbs/07_models.ipynb #8e36383d
 @dataclass
 class TransformerConfig:
     "Architecture of a Transformer stack. Defaults: Luo §4.2 WikiText-103 LM (6 layers, 8 heads, d=512, FFN 2048, dropout 0.1)."
@@ -89,7 +89,7 @@ class ViTConfig(TransformerConfig):
     rpe: bool | None = False # 1D RPE is meaningless over a 2D grid
     rpe_2d: bool = False # Swin 2D relative bias per layer (Luo §4.4)
 
-# %% ../nbs/07_models.ipynb #bea49d6c
+# %% ../nbs/07_models.ipynb #935f0a89
 def paper_configs() -> dict:
     "Named configurations of the papers' main models."
     return {
@@ -107,7 +107,7 @@ def paper_configs() -> dict:
                                                     max_len=4001, head_hidden=(512, 256)),
     }
 
-# %% ../nbs/07_models.ipynb #9ade46a4
+# %% ../nbs/07_models.ipynb #31ce2116
 def _act(name):
     acts = {"gelu": F.gelu, "relu": F.relu}
     if name not in acts: raise ValueError(f"activation must be one of {sorted(acts)}, got {name!r}")
@@ -163,7 +163,7 @@ class DecoderBlock(nn.Module):
         a, state = self.self_attn.step(self.ln1(x), state)
         return self._rest(x + self.drop(a), memory, memory_padding_mask), state
 
-# %% ../nbs/07_models.ipynb #d3395d5c
+# %% ../nbs/07_models.ipynb #09547d32
 def sinusoidal_positions(n: int, d: int) -> Tensor: # [n, d]
     "Fixed sine/cosine position encodings (Vaswani et al. 2017)."
     pos, i = torch.arange(n).float()[:, None], torch.arange(0, d, 2).float()
@@ -190,13 +190,19 @@ class Positions(nn.Module):
         if start + n > self.max_len: raise ValueError(f"sequence length {start + n} exceeds max_len={self.max_len}")
         return x if self.kind == "none" else x + self.pe[start:start + n]
 
+def _embedding(cfg):
+    "Token embedding with N(0, d^-1/2) init (fairseq), so tied output logits start at unit scale."
+    e = nn.Embedding(cfg.vocab_size, cfg.d_model)
+    nn.init.normal_(e.weight, std=cfg.d_model ** -0.5)
+    return e
+
 class TransformerStack(nn.Module):
     "Token embedding (if vocab_size) + positions + pre-LN EncoderBlocks + final LayerNorm."
     def __init__(self, cfg: TransformerConfig, causal: bool = False, embed: bool = True):
         super().__init__()
         if embed and not cfg.vocab_size: raise ValueError("cfg.vocab_size must be set (a positive int) for a token model")
         self.cfg, self.causal = cfg, causal
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model) if embed else None
+        self.embed = _embedding(cfg) if embed else None
         self.pos, self.drop = Positions(cfg.pos_embedding, cfg.max_len, cfg.d_model), nn.Dropout(cfg.dropout)
         rpe = _layer_rpe(cfg, cfg.attention, cfg.num_heads)
         self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout, cfg.attention, causal, rpe,
@@ -224,7 +230,7 @@ class TransformerStack(nn.Module):
             h, s = blk.step(h, s); new.append(s)
         return self.norm(h), new
 
-# %% ../nbs/07_models.ipynb #50bbcb36
+# %% ../nbs/07_models.ipynb #5513d12a
 class CausalLM(nn.Module):
     "Decoder-only language model: ids [B, n] -> next-token logits [B, n, vocab]."
     def __init__(self, cfg: LMConfig):
@@ -257,7 +263,7 @@ class CausalLM(nn.Module):
             out = torch.cat([out, nxt[:, None]], 1)
         return out
 
-# %% ../nbs/07_models.ipynb #18b1543d
+# %% ../nbs/07_models.ipynb #7d6cd1ad
 def _mlp(d_in, hidden, d_out, dropout=0.0):
     layers, d = [], d_in
     for h in hidden: layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(dropout)]; d = h
@@ -306,7 +312,7 @@ class DualEncoderClassifier(nn.Module):
         u, v = self.encoder(ids1, key_padding_mask1), self.encoder(ids2, key_padding_mask2)
         return self.head(torch.cat([u, v] if self.cfg.interaction == "concat" else [u, v, u * v, u - v], -1))
 
-# %% ../nbs/07_models.ipynb #1ccabea3
+# %% ../nbs/07_models.ipynb #80790389
 def _reorder(state, idx):
     "Select batch entries idx of every tensor in a (nested) decoding state."
     if isinstance(state, Tensor): return state.index_select(0, idx)
@@ -319,7 +325,7 @@ class Seq2Seq(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
         self.cfg, self.encoder = cfg, TransformerStack(cfg)
-        self.embed = self.encoder.embed if cfg.tie_embeddings else nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = self.encoder.embed if cfg.tie_embeddings else _embedding(cfg)
         self.pos, self.drop = Positions(cfg.pos_embedding, cfg.max_len, cfg.d_model), nn.Dropout(cfg.dropout)
         rpe = _layer_rpe(cfg, cfg.decoder_attention, cfg.num_heads)
         self.blocks = nn.ModuleList(DecoderBlock(cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout, cfg.decoder_attention,
@@ -392,7 +398,7 @@ class Seq2Seq(nn.Module):
         pick = torch.arange(B, device=src.device) * K + best
         return seqs[pick], norm.gather(1, best[:, None])[:, 0]
 
-# %% ../nbs/07_models.ipynb #6cb969f4
+# %% ../nbs/07_models.ipynb #39631c1d
 class ViT(nn.Module):
     "Vision Transformer: images [B, C, H, W] -> logits [B, num_classes]."
     def __init__(self, cfg: ViTConfig):
@@ -421,7 +427,7 @@ class ViT(nn.Module):
         h = self.body.norm(h)
         return self.head(h[:, 0] if self.cls is not None else h.mean(1))
 
-# %% ../nbs/07_models.ipynb #c7a809e2
+# %% ../nbs/07_models.ipynb #6194cb16
 def mask_tokens(ids: Tensor, # [B, n] token ids
                 mask_id: int, # id of [MASK]
                 vocab_size: int, # random replacements are drawn from [0, vocab_size)
