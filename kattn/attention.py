@@ -8,13 +8,14 @@ Docs: https://kattn.github.io/kattn/attention.html.md"""
 __all__ = ['rpe_matrix', 'softmax_attention', 'naive_kernelized_attention', 'kernelized_attention',
            'kernelized_softmax_attention', 'normalized_softmax_attention', 'normalized_kernelized_attention']
 
-# %% ../nbs/02_attention.ipynb #3f6f241a
+# %% ../nbs/02_attention.ipynb #4c9647c9
 import math
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from .toeplitz import toeplitz_matmul
 
-# %% ../nbs/02_attention.ipynb #c7e2a847
+# %% ../nbs/02_attention.ipynb #af057a2a
 def _check_tensor(name, t, dtype_kind="float"):
     if not isinstance(t, Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if dtype_kind == "float" and not t.is_floating_point():
@@ -52,7 +53,7 @@ def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
 
 def _work_dtype(*ts): return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
-# %% ../nbs/02_attention.ipynb #3850f72d
+# %% ../nbs/02_attention.ipynb #727372b9
 def rpe_matrix(rpe_bias: Tensor, # [..., 2n-1], entry (j - i) + n - 1 for query i, key j
               ) -> Tensor: # [..., n, n] with B[i, j] = rpe_bias[(j - i) + n - 1]
     "Dense bias matrix of a relative positional bias vector."
@@ -89,7 +90,7 @@ def softmax_attention(q: Tensor, # [..., n_q, d] queries
         p = torch.softmax(logits, -1).nan_to_num(0.0)            # all-masked rows -> 0
         return (p @ v.to(work)).to(out_dtype)
 
-# %% ../nbs/02_attention.ipynb #6473e7be
+# %% ../nbs/02_attention.ipynb #8611c067
 def naive_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
                                phi_k: Tensor, # [..., n_k, m] key features
                                v: Tensor, # [..., n_k, d_v] values
@@ -106,7 +107,7 @@ def naive_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
     den = w.sum(-1, keepdim=True)
     return torch.where(den == 0, 0.0, (w @ v) / torch.where(den == 0, 1.0, den))
 
-# %% ../nbs/02_attention.ipynb #fd6b2207
+# %% ../nbs/02_attention.ipynb #56a9e23b
 def _prepare(phi_q, phi_k, v, key_padding_mask):
     "Cast to the working dtype, zero padded keys, append the ones column: (phi_q, phi_k, v1)."
     work = _work_dtype(phi_q, phi_k, v)
@@ -124,11 +125,11 @@ def _finish(out1, eps, out_dtype):
     den = torch.where(den.abs() < eps, torch.full_like(den, eps), den)
     return (num / den).to(out_dtype)
 
-# %% ../nbs/02_attention.ipynb #6cb11313
+# %% ../nbs/02_attention.ipynb #ae44afda
 def _bidirectional(phi_q, phi_k, v1):
     return phi_q @ (phi_k.transpose(-1, -2) @ v1)          # [..., n_q, m] @ [..., m, d_v+1]
 
-# %% ../nbs/02_attention.ipynb #50407b74
+# %% ../nbs/02_attention.ipynb #52c6b60d
 def _causal_chunked(phi_q, phi_k, v1, chunk_size):
     n, m, dv = phi_q.shape[-2], phi_q.shape[-1], v1.shape[-1]
     C = max(1, min(chunk_size, n)); N = math.ceil(n / C); pad = N * C - n
@@ -142,7 +143,13 @@ def _causal_chunked(phi_q, phi_k, v1, chunk_size):
     out = local + bq @ prefix                               # exclusive prefix over earlier chunks
     return out.reshape(*out.shape[:-3], N * C, dv)[..., :n, :]
 
-# %% ../nbs/02_attention.ipynb #66186454
+# %% ../nbs/02_attention.ipynb #29a39f35
+def _rpe_chunk(fq, fk, v1, c, causal):
+    "One feature chunk: phi_q . (C [phi_k (x) v1]) -> [..., n, d_v+1]."
+    a1 = (fk.unsqueeze(-1) * v1.unsqueeze(-2)).flatten(-2)              # [..., n, mc*(d_v+1)]
+    d1 = toeplitz_matmul(c, a1, causal=causal).unflatten(-1, (fk.shape[-1], v1.shape[-1]))
+    return (fq.unsqueeze(-2) @ d1).squeeze(-2)
+
 def _rpe_core(phi_q: Tensor, # [..., n, m] (work dtype)
               phi_k: Tensor, # [..., n, m] (padded keys zeroed)
               v1: Tensor, # [..., n, d_v+1] values with the ones column
@@ -155,12 +162,12 @@ def _rpe_core(phi_q: Tensor, # [..., n, m] (work dtype)
     batch = torch.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v1.shape[:-2], c.shape[:-1])
     per_feature = 6 * math.prod(batch) * 2 * n * dv * phi_k.element_size()
     mc = max(1, min(m, memory_budget // max(per_feature, 1)))
+    # with several chunks under autograd, recompute each chunk in backward so training memory stays bounded too
+    ckpt = mc < m and torch.is_grad_enabled() and any(t.requires_grad for t in (phi_q, phi_k, v1, c))
     out = None
     for s in range(0, m, mc):
-        fk, fq = phi_k[..., s:s + mc], phi_q[..., s:s + mc]
-        a1 = (fk.unsqueeze(-1) * v1.unsqueeze(-2)).flatten(-2)          # [..., n, mc*(d_v+1)]
-        d1 = toeplitz_matmul(c, a1, causal=causal).unflatten(-1, (fk.shape[-1], dv))
-        part = (fq.unsqueeze(-2) @ d1).squeeze(-2)                      # [..., n, d_v+1]
+        args = (phi_q[..., s:s + mc], phi_k[..., s:s + mc], v1, c, causal)
+        part = checkpoint(_rpe_chunk, *args, use_reentrant=False) if ckpt else _rpe_chunk(*args)
         out = part if out is None else out + part
     return out
 
@@ -171,7 +178,7 @@ def _rpe_weights(rpe_bias, causal, work):
     mx = (b[..., :n] if causal else b).amax(-1, keepdim=True).detach()
     return torch.exp(b - mx)
 
-# %% ../nbs/02_attention.ipynb #335d9dfe
+# %% ../nbs/02_attention.ipynb #9a02f685
 def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a FeatureMap with is_query=True)
                          phi_k: Tensor, # [..., n_k, m] key features
                          v: Tensor, # [..., n_k, d_v] values
@@ -194,7 +201,7 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
         else: out1 = _bidirectional(fq, fk, v1)
         return _finish(out1, eps, out_dtype)
 
-# %% ../nbs/02_attention.ipynb #17dae745
+# %% ../nbs/02_attention.ipynb #0b3635df
 def _l2_normalize(x, eps): return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 def kernelized_softmax_attention(q: Tensor, # [..., n, d] queries
