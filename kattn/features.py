@@ -8,13 +8,13 @@ Docs: https://kattn.github.io/kattn/features.html.md"""
 __all__ = ['FEATURE_MAPS', 'gaussian_draws', 'FeatureMap', 'step_feature_maps', 'positive_features', 'PositiveRandomFeatures',
            'trig_features', 'TrigonometricRandomFeatures', 'EluFeatures', 'ReluFeatures', 'make_feature_map']
 
-# %% ../nbs/01_features.ipynb #e51f45f3
+# %% ../nbs/01_features.ipynb #5e73e0c9
 import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# %% ../nbs/01_features.ipynb #03724c30
+# %% ../nbs/01_features.ipynb #735be4a0
 def gaussian_draws(num_features: int, # m, number of rows
                    head_dim: int, # d, row dimension
                    orthogonal: bool = False, # orthogonal blocks of d rows (ORF) instead of iid rows
@@ -39,7 +39,7 @@ def gaussian_draws(num_features: int, # m, number of rows
         torch.randn(m, d, **kw).norm(dim=-1, keepdim=True)
     return w * norms
 
-# %% ../nbs/01_features.ipynb #1a0096a3
+# %% ../nbs/01_features.ipynb #3a8fca05
 def _check_pos_int(name, v, allow_none=False):
     if v is None and allow_none: return
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -121,7 +121,7 @@ def step_feature_maps(module: nn.Module, # any model
     for m in maps: m.step()
     return len(maps)
 
-# %% ../nbs/01_features.ipynb #d93ec995
+# %% ../nbs/01_features.ipynb #ddb79daf
 def _work_dtype(x: Tensor): return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 def positive_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
@@ -169,7 +169,7 @@ class PositiveRandomFeatures(FeatureMap):
     def extra_repr(self):
         return super().extra_repr() + f", orthogonal={self.orthogonal}, sphere={self.sphere}"
 
-# %% ../nbs/01_features.ipynb #3fad0e6c
+# %% ../nbs/01_features.ipynb #e05d695d
 def trig_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
                   weight: Tensor, # [..., m, d] projections w_i
                   is_query: bool = False, # drop the per-query factor exp(|q|^2/2)
@@ -212,7 +212,7 @@ class TrigonometricRandomFeatures(FeatureMap):
     def extra_repr(self):
         return super().extra_repr() + f", orthogonal={self.orthogonal}, sphere={self.sphere}"
 
-# %% ../nbs/01_features.ipynb #799a84bd
+# %% ../nbs/01_features.ipynb #fd8863f9
 class _DeterministicMap(FeatureMap):
     def __init__(self, head_dim: int, # d
                  num_features: int | None = None, # must be None or head_dim
@@ -233,7 +233,7 @@ class ReluFeatures(_DeterministicMap):
         "Map queries or keys to relu features."
         return F.relu(self.check_input(x))
 
-# %% ../nbs/01_features.ipynb #a89350ca
+# %% ../nbs/01_features.ipynb #e27e1734
 FEATURE_MAPS = {"prf": PositiveRandomFeatures, "trf": TrigonometricRandomFeatures,
                 "elu": EluFeatures, "relu": ReluFeatures}
 
