@@ -1,0 +1,112 @@
+"Tests for kattn.train: schedules, exact resume, DDP equivalence (2-process gloo), bad configs."
+import json, math, os
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+from kattn.models import CausalLM, LMConfig
+from kattn.train import CopyTask, TrainConfig, Trainer, lm_loss, lr_factor
+
+
+def tiny_lm(attention="performer", dropout=0.1, **kw):
+    return CausalLM(LMConfig(vocab_size=16, d_model=32, num_heads=2, num_layers=2, d_ff=64, max_len=20, dropout=dropout,
+                             attention=attention, attention_options=kw))
+
+
+def test_schedules():
+    c = TrainConfig(warmup_steps=10, max_steps=110)
+    assert lr_factor(0, c) == pytest.approx(0.1) and lr_factor(9, c) == pytest.approx(1.0)
+    assert lr_factor(39, c) == pytest.approx(math.sqrt(10 / 40))                    # inverse sqrt
+    lin = TrainConfig(warmup_steps=10, max_steps=110, schedule="linear")
+    assert lr_factor(60, lin) == pytest.approx(0.5) and lr_factor(110, lin) == pytest.approx(0.0)
+    cos = TrainConfig(warmup_steps=10, max_steps=110, schedule="cosine", min_lr_ratio=0.2)
+    assert lr_factor(60, cos) == pytest.approx(0.6) and lr_factor(110, cos) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="schedule"): lr_factor(20, TrainConfig(warmup_steps=1, schedule="poly"))
+
+
+def _run(steps, out, init_seed, **kw):
+    torch.manual_seed(init_seed)
+    model = tiny_lm("performer", redraw_interval=2)                     # dropout + global-RNG feature redraws
+    cfg = TrainConfig(max_steps=steps, batch_size=12, grad_accum=2, lr=3e-3, warmup_steps=3, log_every=1, eval_every=2,
+                      progress=False, out_dir=str(out), seed=3, **kw)
+    tr = Trainer(model, cfg, CopyTask(30, k=8), loss_fn=lm_loss,
+                 eval_fn=lambda m: {"rand": float(torch.rand(()))})     # eval consumes RNG; must not perturb training
+    return tr.fit(), model
+
+
+def test_resume_is_exact(tmp_path):
+    N, k = 8, 3
+    full, m_full = _run(N, tmp_path / "full", 0)
+    _run(k, tmp_path / "cut", 0)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    resumed, m_res = _run(N, tmp_path / "cut", 999)                      # different init: all must come from the checkpoint
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    sa, sb = m_full.state_dict(), m_res.state_dict()
+    assert sa.keys() == sb.keys()
+    for n in sa: assert (torch.equal(sa[n], sb[n]) if isinstance(sa[n], Tensor) else sa[n] == sb[n]), n
+    lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [l["step"] for l in lines if "loss" in l] == list(range(1, N + 1))
+    assert all("eval/rand" in l for l in lines if l["step"] % 2 == 0 and "loss" not in l)
+    assert all(l["tokens_per_s"] > 0 for l in lines if "loss" in l)
+
+
+def test_bf16_and_accumulation_equivalence():
+    "grad_accum=2 with half-size micro-batches equals one full batch (no dropout, deterministic features)."
+    res = []
+    for acc in (1, 2):
+        torch.manual_seed(0)
+        m = tiny_lm("softmax_rpe", dropout=0.0)
+        cfg = TrainConfig(max_steps=3, batch_size=8, grad_accum=acc, lr=1e-3, warmup_steps=1, log_every=0, eval_every=0,
+                          progress=False, seed=0)
+        Trainer(m, cfg, CopyTask(32, k=8), loss_fn=lm_loss).fit()
+        res.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    torch.testing.assert_close(res[0], res[1], atol=2e-6, rtol=1e-5)
+    torch.manual_seed(0)
+    m = tiny_lm("nprf_rpe")
+    hist = Trainer(m, TrainConfig(max_steps=2, batch_size=4, bf16=True, warmup_steps=1, log_every=0, eval_every=0, progress=False),
+                   CopyTask(16, k=8), loss_fn=lm_loss).fit()
+    assert all(math.isfinite(h["loss"]) for h in hist)
+
+
+def test_bad_train_configs():
+    m = tiny_lm()
+    with pytest.raises(ValueError, match="multiple of world_size\\*grad_accum"):
+        Trainer(m, TrainConfig(batch_size=10, grad_accum=3), CopyTask(40, k=8))
+    with pytest.raises(ValueError, match="optimizer"): Trainer(m, TrainConfig(batch_size=4, optimizer="sgd"), CopyTask(40, k=8))
+    with pytest.raises(ValueError, match="smaller than one micro-batch"): Trainer(m, TrainConfig(batch_size=64), CopyTask(10, k=8))
+
+
+# -- DDP: 2 gloo processes with the global batch split == 1 process with the whole batch -------------------------
+STEPS, GLOBAL_BATCH = 4, 16
+
+
+def _train(world, rank, out):
+    torch.manual_seed(0)
+    model = tiny_lm("performer", dropout=0.0, redraw_interval=1)        # redrawn every step from the global RNG
+    cfg = TrainConfig(max_steps=STEPS, batch_size=GLOBAL_BATCH, lr=3e-3, warmup_steps=2, log_every=0, eval_every=0,
+                      progress=False, seed=5)
+    hist = Trainer(model, cfg, CopyTask(64, k=8), loss_fn=lm_loss).fit()
+    fm = model.body.blocks[0].attn.algorithm.feature_map
+    torch.save({"params": {n: p.detach() for n, p in model.named_parameters()}, "draw": fm.weight.clone(),
+                "losses": [h["loss"] for h in hist]}, os.path.join(out, f"r{world}_{rank}.pt"))
+
+
+def _worker(rank, world, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'store')}", rank=rank, world_size=world)
+    try: _train(world, rank, out)
+    finally: dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_equal_one(tmp_path):
+    out = str(tmp_path)
+    mp.spawn(_worker, args=(2, out), nprocs=2, join=True)
+    _train(1, 0, out)
+    one, r0, r1 = (torch.load(os.path.join(out, f), weights_only=False) for f in ("r1_0.pt", "r2_0.pt", "r2_1.pt"))
+    assert torch.equal(r0["draw"], r1["draw"])                           # identical feature draws on every rank
+    assert torch.equal(one["draw"], r0["draw"])
+    for n in one["params"]:
+        assert torch.equal(r0["params"][n], r1["params"][n]), n          # ranks stay in sync
+        torch.testing.assert_close(r0["params"][n], one["params"][n], atol=1e-5, rtol=1e-4)
+    assert r0["losses"] == pytest.approx(one["losses"], abs=1e-5)
