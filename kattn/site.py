@@ -8,7 +8,7 @@ Docs: https://kattn.github.io/kattn/site.html.md"""
 __all__ = ['MATHJAX_CONFIG', 'find_root', 'read_site_config', 'expand_glob', 'site_nav', 'page_out', 'site_pages',
            'process_notebook', 'strip_external', 'relink', 'render_page', 'build_site']
 
-# %% ../nbs/12_site.ipynb #c2cbb317
+# %% ../nbs/12_site.ipynb #b846a7a2
 import json
 import os
 import posixpath
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-# %% ../nbs/12_site.ipynb #c070ff14
+# %% ../nbs/12_site.ipynb #c8e0f5dc
 _SKIP = re.compile(r'(^|/)[._]|\.failed\.ipynb$|(^|/)(_proc|_site|_docs)/')
 
 def find_root(root=None) -> Path:
@@ -42,7 +42,7 @@ def expand_glob(root, pattern: str) -> list:
     hits = {p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file()}
     return sorted(h for h in hits if not _SKIP.search(h))
 
-# %% ../nbs/12_site.ipynb #1f0c8039
+# %% ../nbs/12_site.ipynb #da261abb
 def _is_url(s: str) -> bool: return bool(re.match(r'^([a-zA-Z][a-zA-Z0-9+.-]*:|//)', s))
 
 def _items(root, contents) -> list:
@@ -68,7 +68,7 @@ def site_nav(root=None) -> dict:
     if loose: sections.insert(0, {'section': None, 'items': loose})
     return {'title': web.get('title', root.name), 'navbar': navbar, 'sidebar': sections}
 
-# %% ../nbs/12_site.ipynb #a0b71af4
+# %% ../nbs/12_site.ipynb #4c4836ea
 def page_out(src: str) -> str:
     "Site path of the page rendered from notebook `src` (relative to the root)."
     p = Path(src[4:] if src.startswith('nbs/') else src)
@@ -90,7 +90,7 @@ def site_pages(root=None) -> list:
         seen[src] = out; pages.append({'src': src, 'out': out, 'text': i['text']})
     return pages
 
-# %% ../nbs/12_site.ipynb #1939a34e
+# %% ../nbs/12_site.ipynb #675f44fc
 _DIRECTIVE = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
 _PANDOC_ATTR = re.compile(r'(\]\([^)\s]*\))\{[^}\n]*\}')
 _WIDGET = 'application/vnd.jupyter.widget-view+json'
@@ -126,7 +126,7 @@ def _apply_directives(cell) -> dict:
     return {'cell_type': 'code', 'metadata': {'tags': tags}, 'source': '\n'.join(lines), 'outputs': outputs,
             'execution_count': None}
 
-# %% ../nbs/12_site.ipynb #05d569ab
+# %% ../nbs/12_site.ipynb #50b7c059
 @contextmanager
 def _at(root):
     "Run with the working directory at `root` and `IN_TEST=1` set, restoring both afterwards."
@@ -182,7 +182,7 @@ def process_notebook(path, nbdev_procs: bool = True, root=None):
     nbformat.validate(res)
     return res, {'title': fm.get('title') or Path(path).stem, 'description': fm.get('description', '')}
 
-# %% ../nbs/12_site.ipynb #4ded09b6
+# %% ../nbs/12_site.ipynb #de3aca53
 MATHJAX_CONFIG = 'TeX-AMS-MML_HTMLorMML-full,Safe'
 _TEMPLATE = r'''{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
@@ -218,16 +218,16 @@ body.jp-Notebook {padding: 0; margin: 0}
 </style>{% endblock extra_css %}
 {%- block body_header -%}
 <body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
-<nav class="kattn-navbar"><a class="kattn-brand" href="{{ resources.site.home }}">{{ resources.site.title | e }}</a>
-{%- for i in resources.site.navbar %}<a href="{{ i.href }}"{% if i.active %} class="active"{% endif %}>{{ i.text | e }}</a>{% endfor -%}
+<nav class="kattn-navbar"><a class="kattn-brand" href="{{ resources.site.home }}">{{ resources.site.title }}</a>
+{%- for i in resources.site.navbar %}<a href="{{ i.href }}"{% if i.active %} class="active"{% endif %}>{{ i.text }}</a>{% endfor -%}
 </nav>
 <div class="kattn-layout"><aside class="kattn-sidebar">
-{%- for s in resources.site.sidebar %}{% if s.section %}<h4>{{ s.section | e }}</h4>{% endif %}<ul>
-{%- for i in s['items'] %}<li><a href="{{ i.href }}"{% if i.active %} class="active"{% endif %}>{{ i.text | e }}</a></li>{% endfor %}</ul>
+{%- for s in resources.site.sidebar %}{% if s.section %}<h4>{{ s.section }}</h4>{% endif %}<ul>
+{%- for i in s['items'] %}<li><a href="{{ i.href }}"{% if i.active %} class="active"{% endif %}>{{ i.text }}</a></li>{% endfor %}</ul>
 {%- endfor %}</aside>
 <main class="kattn-main">
-<header class="kattn-title"><h1>{{ resources.site.page.title | e }}</h1>
-{%- if resources.site.page.description %}<p class="description">{{ resources.site.page.description | e }}</p>{% endif %}</header>
+<header class="kattn-title"><h1>{{ resources.site.page.title }}</h1>
+{%- if resources.site.page.description %}<p class="description">{{ resources.site.page.description }}</p>{% endif %}</header>
 {%- endblock body_header -%}
 {% block body_footer %}</main></div>
 </body>{% endblock body_footer %}
@@ -246,7 +246,7 @@ def _exporter():
     ex.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove-input'}), enabled=True)
     return ex
 
-# %% ../nbs/12_site.ipynb #b82b431b
+# %% ../nbs/12_site.ipynb #503dc6e9
 _EXT = r'(?:https?:)?//'
 _FETCH_TAGS = re.compile(rf'<(script|iframe|embed|video|audio|source)\b[^>]*\bsrc\s*=\s*["\']{_EXT}[^>]*>(\s*</\1>)?', re.I)
 _LINK_TAG = re.compile(rf'<link\b[^>]*\bhref\s*=\s*["\']{_EXT}[^>]*>', re.I)
@@ -276,28 +276,34 @@ def relink(html: str, src: str, out: str, pages: dict, doc_url: str = '') -> str
         return m.group(1) + posixpath.relpath(path, here) + (f'#{frag}' if frag else '') + m.group(3)
     return re.sub(r'(<a\b[^>]*?\bhref=")([^"]*)(")', fix, html)
 
-# %% ../nbs/12_site.ipynb #9f054054
+# %% ../nbs/12_site.ipynb #8ba888be
+def _inline(text) -> str:
+    "Plain text with `code` spans as HTML, everything else escaped (titles, descriptions, sidebar entries)."
+    import html
+    return re.sub(r'`([^`]+)`', r'<code>\1</code>', html.escape(str(text or ''), quote=False))
+
 def _nav_context(nav, pages, titles, out) -> dict:
     "Template data for the page written to `out`: navbar and sidebar with relative hrefs and the active page."
     here = posixpath.dirname(out) or '.'
     def item(i):
         src = i['src']
-        if _is_url(src): return {'text': i['text'] or src, 'href': src, 'active': False}
+        if _is_url(src): return {'text': _inline(i['text'] or src), 'href': src, 'active': False}
         tgt = pages.get(src, page_out(src))
-        return {'text': i['text'] or titles.get(src, src), 'href': posixpath.relpath(tgt, here), 'active': tgt == out}
-    return {'title': nav['title'], 'root': '../' * out.count('/'), 'home': posixpath.relpath('index.html', here),
+        return {'text': _inline(i['text'] or titles.get(src, src)), 'href': posixpath.relpath(tgt, here), 'active': tgt == out}
+    return {'title': _inline(nav['title']), 'root': '../' * out.count('/'), 'home': posixpath.relpath('index.html', here),
             'mathjax_config': MATHJAX_CONFIG, 'navbar': [item(i) for i in nav['navbar']],
-            'sidebar': [{'section': s['section'], 'items': [item(i) for i in s['items']]} for s in nav['sidebar']]}
+            'sidebar': [{'section': s['section'] and _inline(s['section']), 'items': [item(i) for i in s['items']]}
+                        for s in nav['sidebar']]}
 
 def render_page(nb, meta: dict, src: str, out: str, nav: dict, pages: dict, titles: dict, root, exporter=None, doc_url='') -> str:
     "Final HTML of the page from notebook `src` (processed `nb`, title/description `meta`) written to `out`."
-    ctx = {**_nav_context(nav, pages, titles, out), 'page': meta}
-    nb.metadata['title'] = f"{meta['title']} – {nav['title']}"
+    ctx = {**_nav_context(nav, pages, titles, out), 'page': {k: _inline(v) for k, v in meta.items()}}
+    nb.metadata['title'] = f"{meta['title']} – {nav['title']}".replace('`', '')
     res = {'metadata': {'path': str((Path(root) / src).parent), 'name': meta['title']}, 'site': ctx}
     html, _ = (exporter or _exporter()).from_notebook_node(nb, resources=res)
     return strip_external(relink(html, src, out, pages, doc_url))
 
-# %% ../nbs/12_site.ipynb #9d8a3444
+# %% ../nbs/12_site.ipynb #2cda9dff
 def _mathjax_dir() -> Path:
     import jupyter_server_mathjax
     return Path(jupyter_server_mathjax.__file__).parent / 'static'
@@ -332,7 +338,7 @@ def _doc_url(root) -> str:
         return tomllib.loads((root / 'pyproject.toml').read_text())['project']['urls']['Documentation']
     except Exception: return ''
 
-# %% ../nbs/12_site.ipynb #9343fae5
+# %% ../nbs/12_site.ipynb #1bbdfc2b
 def _quarto_render(root: Path, out: Path, pages: list, done: dict) -> Path:
     "Stage processed notebooks beside `_quarto.yml` in a temporary project and run `quarto render` into `out`."
     with tempfile.TemporaryDirectory() as stage:
