@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from kattn.site import build_site, expand_glob, page_out, site_nav, site_pages, strip_external
+from kattn.site import expand_glob, page_out, site_nav, site_pages, strip_external
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -187,7 +188,13 @@ def _local(url):
 def site(tmp_path_factory):
     "The offline site built into a temporary folder, and its pages (listed just before the build: records may land meanwhile)."
     pages = site_pages(ROOT)
-    return build_site(ROOT, out=tmp_path_factory.mktemp("site") / "_site", use_quarto=False), pages
+    out = tmp_path_factory.mktemp("site") / "_site"
+    # in a child process: nbdev executes the notebooks' exported cells to render show_doc; keep that out of pytest's process
+    code = f"from kattn.site import build_site; build_site({str(ROOT)!r}, out={str(out)!r}, use_quarto=False)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"site: \d+ pages built", r.stdout), r.stdout[-2000:]
+    return out, pages
 
 
 @pytest.fixture(scope="module")
