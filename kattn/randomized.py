@@ -6,16 +6,17 @@ Docs: https://kattn.github.io/kattn/randomized.html.md"""
 
 # %% auto #0
 __all__ = ['log_features', 'naive_f', 'naive_rfa', 'naive_lara', 'randomized_attention', 'rfa_attention', 'lara_landmarks',
-           'lara_attention', 'RandomizedAttention', 'RandomFeatureAttention', 'LinearRandomizedAttention']
+           'lara_attention', 'naive_causal_lara', 'RandomizedAttention', 'RandomFeatureAttention',
+           'LinearRandomizedAttention']
 
-# %% ../nbs/04_randomized.ipynb #77b91b4b
+# %% ../nbs/04_randomized.ipynb #95f28b3f
 import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import gaussian_draws
 
-# %% ../nbs/04_randomized.ipynb #7c9977d5
+# %% ../nbs/04_randomized.ipynb #807d625c
 def _check_qkv(q, k, v, key_padding_mask=None, fn="attention"):
     "Validate q [..., n, d], k [..., m, d], v [..., m, dv] and a bool key_padding_mask [..., m]."
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -78,7 +79,7 @@ def _lse(x, dim):
     pos = z > 0
     return torch.where(pos, torch.where(pos, z, torch.ones_like(z)).log() + m, -math.inf).squeeze(dim)
 
-# %% ../nbs/04_randomized.ipynb #264265d3
+# %% ../nbs/04_randomized.ipynb #23b5725e
 def log_features(x: Tensor, # [..., n, d] (scaled) inputs
                  omega: Tensor, # [..., S, d] draws, broadcast over batch dims
                 ) -> Tensor: # [..., n, S], log xi(x_n, omega_s) = omega_s.x_n - |x_n|^2/2
@@ -87,7 +88,7 @@ def log_features(x: Tensor, # [..., n, d] (scaled) inputs
     with torch.autocast(x.device.type, enabled=False):
         return x @ omega.to(x.dtype).transpose(-1, -2) - 0.5 * x.square().sum(-1, keepdim=True)
 
-# %% ../nbs/04_randomized.ipynb #0d27e63f
+# %% ../nbs/04_randomized.ipynb #4f1fe193
 def naive_f(k: Tensor, # [m, d] scaled keys
             v: Tensor, # [m, dv] values
             omega: Tensor, # [d] one draw
@@ -121,7 +122,7 @@ def naive_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [m, d] scaled; [m, dv]
     fs = torch.stack([naive_f(k, v, omega[c]) for c in range(C)])                # [C, dv]
     return (w @ fs) / w.sum(1, keepdim=True)
 
-# %% ../nbs/04_randomized.ipynb #38076e61
+# %% ../nbs/04_randomized.ipynb #2dade04b
 def randomized_attention(q: Tensor, # [..., n, d] queries
                          k: Tensor, # [..., m, d] keys
                          v: Tensor, # [..., m, dv] values
@@ -155,7 +156,7 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
         out = out + _softmax0(fl, -1).to(v.dtype) @ v
     return out / num_samples
 
-# %% ../nbs/04_randomized.ipynb #ca870feb
+# %% ../nbs/04_randomized.ipynb #c5861d99
 def _causal_mix(lq, lk, v, intra, L):
     "Softmax over per-sample prefix summaries (logits lq + A) and exact in-chunk items (logits intra), chunk by chunk."
     *B, n, S = lk.shape; nb = n // L; dv = v.shape[-1]
@@ -176,7 +177,7 @@ def _pad_to(x, n2, dim=-2, value=0.):
     pad = n2 - x.shape[dim]
     return x if pad == 0 else F.pad(x, (0, 0) * (-dim - 1) + (0, pad), value=value)
 
-# %% ../nbs/04_randomized.ipynb #ee71919c
+# %% ../nbs/04_randomized.ipynb #4ee447e5
 def rfa_attention(q: Tensor, # [..., n, d] queries
                   k: Tensor, # [..., m, d] keys
                   v: Tensor, # [..., m, dv] values
@@ -211,7 +212,7 @@ def rfa_attention(q: Tensor, # [..., n, d] queries
     intra = _lse(pair, -1).masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), -math.inf)
     return _causal_mix(lq, lk, vv, intra, L)[..., :n, :].to(v.dtype)
 
-# %% ../nbs/04_randomized.ipynb #318fd444
+# %% ../nbs/04_randomized.ipynb #a5a25b88
 def _segments(valid, C):
     "Segment id in [0, C) of every valid position (code's 1D split over valid ranks); -1 at invalid positions."
     rank = valid.long().cumsum(-1) - 1                                               # [..., n]
@@ -246,7 +247,7 @@ def lara_landmarks(q: Tensor, k: Tensor, # [..., n, d], [..., m, d] (n == m in 1
     A = A / cnt.clamp_min(1)
     return A @ q, A @ k, cnt.squeeze(-1) > 0
 
-# %% ../nbs/04_randomized.ipynb #d153b392
+# %% ../nbs/04_randomized.ipynb #f02efdff
 def _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid):
     "log(alpha * ptilde / q_c) [..., n, C] for bidirectional LARA."
     lmu = log_features(mu, omega)                                                    # [..., c', c] = l(mu_c', w_c)
@@ -263,7 +264,7 @@ def _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid):
     logw = alpha.clamp_min(1e-8).log() + lq + _lse(lk, -2).unsqueeze(-2) - own.unsqueeze(-2)
     return logw.masked_fill(~pvalid.unsqueeze(-2), -math.inf)
 
-# %% ../nbs/04_randomized.ipynb #aff70194
+# %% ../nbs/04_randomized.ipynb #6c64845c
 def _causal_lara(qs, ks, v, omega, mu, qbar, pvalid, gamma, L, key_padding_mask):
     "Causal LARA: exact attention inside the chunk, LARA over completed chunks with proposals from those chunks."
     *B, n, d = qs.shape; nb = omega.shape[-2]; n2 = nb * L
@@ -289,7 +290,7 @@ def _causal_lara(qs, ks, v, omega, mu, qbar, pvalid, gamma, L, key_padding_mask)
     if key_padding_mask is not None: km = km & ~_pad_to(key_padding_mask.unsqueeze(-1), n2, value=True).reshape(*key_padding_mask.shape[:-1], nb, 1, L)
     return _causal_mix(lw, lk, vv, intra.masked_fill(~km, -math.inf), L)[..., :n, :]
 
-# %% ../nbs/04_randomized.ipynb #0335578e
+# %% ../nbs/04_randomized.ipynb #1d84a786
 def lara_attention(q: Tensor, # [..., n, d] queries
                    k: Tensor, # [..., m, d] keys
                    v: Tensor, # [..., m, dv] values
@@ -331,7 +332,30 @@ def lara_attention(q: Tensor, # [..., n, d] queries
     f = _softmax0(lk, -2).transpose(-1, -2) @ v.to(lk.dtype)                              # [..., C, dv]
     return (_softmax0(logw, -1) @ f).to(v.dtype)
 
-# %% ../nbs/04_randomized.ipynb #02ff2aa4
+# %% ../nbs/04_randomized.ipynb #056e4e46
+def naive_causal_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [n, d] unscaled (scale 1/sqrt(d)); [n, dv]
+                      chunk_size: int, # L: query t uses proposals from chunks < t // L and exact keys in its chunk
+                      omega: Tensor, # [ceil(n/L), d] one draw per chunk proposal (scaled space)
+                      gamma: float = 1.0, # weight of the r correction (r normalized over available proposals)
+                     ) -> Tensor: # [n, dv]
+    "Causal LARA query by query from its derivation: LARA over completed chunks, exact keys in the current chunk."
+    L, r = chunk_size, q.shape[-1] ** -0.25; qs, ks = q * r, k * r; outs = []
+    qb, kb, _ = lara_landmarks(q, k, 0, chunk_size=L); mu = (qb + kb) * r
+    for t in range(len(q)):
+        b = t // L; items_l, items_v = [], []
+        for c in range(b):                                  # past: one SNIS item per completed-chunk proposal
+            dens = torch.stack([log_features(mu[j:j+1], omega[c:c+1])[0, 0] for j in range(b)])
+            bh = (dens[c] - dens.logsumexp(0)).exp()
+            rr = torch.softmax(qs[t] @ qb[:b].T * r, 0)
+            a = (bh + gamma * (rr[c] - 1 / b)).clamp_min(1e-8)
+            lkP = log_features(ks[:b*L], omega[c:c+1])[:, 0]
+            items_l.append(a.log() + log_features(qs[t:t+1], omega[c:c+1])[0, 0] + lkP.logsumexp(0) - dens[c])
+            items_v.append(torch.softmax(lkP, 0) @ v[:b*L])
+        for j in range(b * L, t + 1): items_l.append(qs[t] @ ks[j]); items_v.append(v[j])   # present: exact
+        outs.append(torch.softmax(torch.stack(items_l), 0) @ torch.stack(items_v))
+    return torch.stack(outs)
+
+# %% ../nbs/04_randomized.ipynb #8e09f414
 class RandomizedAttention(nn.Module):
     "RA as an attention core: q, k, v [..., n, d] -> [..., n, dv]; quadratic; no parameters."
     def __init__(self, head_dim: int, num_samples: int = 1, noise: str | float = "exact", eval_mode: str = "sample", scale: float | None = None):

@@ -7,7 +7,7 @@ import torch
 from kattn.attention import kernelized_attention, softmax_attention
 from kattn.features import PositiveRandomFeatures
 from kattn.randomized import (LinearRandomizedAttention, RandomFeatureAttention, RandomizedAttention, lara_attention,
-                              lara_landmarks, naive_f, naive_lara, naive_rfa, randomized_attention, rfa_attention)
+                              lara_landmarks, naive_causal_lara, naive_f, naive_lara, naive_rfa, randomized_attention, rfa_attention)
 
 F64 = torch.float64
 
@@ -229,6 +229,29 @@ def test_causal_no_leak(name, dtype):
         out = fn(q2, k2, v2)
         torch.testing.assert_close(out[..., :t + 1, :], base[..., :t + 1, :], rtol=0, atol=1e-12 if dtype == F64 else 1e-6)
         assert (out[..., t + 1:, :] - base[..., t + 1:, :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("n,L,gamma", [(1, 4, 1.0), (5, 5, 1.0), (13, 4, 0.0), (20, 6, 2.0), (23, 3, 1.0)])
+def test_causal_lara_matches_per_query_reference_outputs_and_grads(n, L, gamma):
+    q, k, v = (x.requires_grad_() for x in qkv(n, 4, seed=30 + n, dtype=F64))
+    qb, kb, _ = lara_landmarks(q, k, 0, chunk_size=L)
+    om = ((qb + kb) * 4 ** -0.25 + rand(qb.shape[0], 4, seed=31, dtype=F64)).detach()
+    w = rand(n, 4, seed=32, dtype=F64)
+    a = lara_attention(q, k, v, 1, causal=True, chunk_size=L, omega=om, gamma=gamma)
+    b = naive_causal_lara(q, k, v, L, om, gamma)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
+
+
+def test_causal_rfa_grads_match_literal_prefix_formula():
+    q, k, v = (x.requires_grad_() for x in qkv(11, 6, seed=33, dtype=F64))
+    om, w = rand(7, 6, seed=34, dtype=F64), rand(11, 6, seed=35, dtype=F64)
+    r = 6 ** -0.25
+    a = rfa_attention(q, k, v, 7, omega=om, causal=True, chunk_size=4)
+    b = torch.stack([naive_rfa(q[t:t + 1] * r, k[:t + 1] * r, v[:t + 1], om)[0] for t in range(11)])
+    for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
 
 
 def test_causal_lara_first_chunk_exact_and_beats_causal_rfa():
