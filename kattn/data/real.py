@@ -8,7 +8,7 @@ Docs: https://kattn.github.io/kattn/data_real.html.md"""
 __all__ = ['FETCH', 'GLUE_TASKS', 'GLUE_LABELS', 'read_wikitext', 'wikitext_articles', 'wikitext_ids', 'read_parallel',
            'undo_bpe', 'read_glue', 'read_imdb', 'lra_text', 'read_aan', 'aan_encode']
 
-# %% ../../nbs/08f_data_real.ipynb #c4055f99
+# %% ../../nbs/08f_data_real.ipynb #d8a2c27b
 import csv
 import re
 import sys
@@ -16,7 +16,7 @@ from pathlib import Path
 from . import require, data_dir
 from .text import ByteTokenizer
 
-# %% ../../nbs/08f_data_real.ipynb #ed1fac13
+# %% ../../nbs/08f_data_real.ipynb #b5183270
 FETCH = {
     "wikitext-103": "bash prepare-wikitext-103.sh (fairseq examples/language_model; unzips wikitext-103-v1.zip); "
                     "offline stand-in: `kattn data fetch enwiki-106`",
@@ -31,7 +31,7 @@ FETCH = {
 
 def _root(root): return Path(root).expanduser() if root is not None else data_dir()
 
-# %% ../../nbs/08f_data_real.ipynb #b32e8184
+# %% ../../nbs/08f_data_real.ipynb #984de137
 def read_wikitext(root=None, # folder holding wikitext-103/ (or wikitext-103-raw/)
                   split: str = "train", # train | valid | test
                   raw: bool = False, # the -raw variant (wiki.*.raw, no <unk>)
@@ -60,7 +60,7 @@ def wikitext_ids(lines, tok) -> list:
         if ln.strip(): out += tok.encode(ln) + [tok.eos_id]
     return out
 
-# %% ../../nbs/08f_data_real.ipynb #c701728d
+# %% ../../nbs/08f_data_real.ipynb #b6d789b5
 def read_parallel(folder, # e.g. <root>/iwslt14.tokenized.de-en
                   split: str = "train", src: str = "de", tgt: str = "en",
                   fetch: str = "iwslt14", # key of FETCH for the error message
@@ -68,15 +68,20 @@ def read_parallel(folder, # e.g. <root>/iwslt14.tokenized.de-en
     "Line-aligned parallel text; the two sides must have equal line counts."
     folder = Path(folder).expanduser()
     a, b = (require(folder / f"{split}.{l}", FETCH.get(fetch, fetch)) for l in (src, tgt))
-    s, t = (p.read_text(encoding="utf-8").rstrip("\n").split("\n") for p in (a, b))
+    s, t = (_lines(p) for p in (a, b))
     if len(s) != len(t): raise ValueError(f"{a} has {len(s)} lines but {b} has {len(t)}")
     return list(zip(s, t))
+
+def _lines(p):
+    "Lines split on \\n only (other Unicode breaks can sit inside sentences); empty file → []."
+    t = p.read_text(encoding="utf-8")
+    return t[:-1].split("\n") if t.endswith("\n") else (t.split("\n") if t else [])
 
 def undo_bpe(line: str) -> str:
     "Join subword-nmt pieces: remove `@@ ` continuation markers."
     return re.sub(r"@@( |$)", "", line)
 
-# %% ../../nbs/08f_data_real.ipynb #565ac0f8
+# %% ../../nbs/08f_data_real.ipynb #c5fd3503
 GLUE_TASKS = {  # task: (text_a column, text_b column or None, label column)
     "CoLA": ("sentence", None, "label"), "SST-2": ("sentence", None, "label"),
     "MRPC": ("#1 String", "#2 String", "Quality"), "QQP": ("question1", "question2", "is_duplicate"),
@@ -113,7 +118,7 @@ def read_glue(root=None, # folder holding glue_data/
         out.append({"text_a": r[col[a]], "text_b": r[col[b]] if b else None, "label": lab})
     return out
 
-# %% ../../nbs/08f_data_real.ipynb #074a79a6
+# %% ../../nbs/08f_data_real.ipynb #6269caa8
 def read_imdb(root=None, # folder holding aclImdb/
               split: str = "train", # train | test
              ) -> list: # [(text, label)]
@@ -130,7 +135,7 @@ def lra_text(examples, max_len: int = 4000) -> tuple:
     bt = ByteTokenizer()
     return [bt.encode(t, max_len) for t, _ in examples], [y for _, y in examples]
 
-# %% ../../nbs/08f_data_real.ipynb #f1d4dce9
+# %% ../../nbs/08f_data_real.ipynb #15e4e935
 def read_aan(root=None, # folder holding lra_release/tsv_data/
              split: str = "train", # train | eval | test
              path=None, # or the TSV file itself
