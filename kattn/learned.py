@@ -9,14 +9,14 @@ __all__ = ['KINDS', 'REDRAW_POLICIES', 'next_pow2', 'naive_hadamard', 'fwht', 'r
            'official_num_features', 'GMMRandomFeatures', 'gmm_rks_kernel', 'gmm_prf_kernel', 'FastFoodRandomFeatures',
            'GenerativeRandomFeatures', 'monte_carlo_kernel', 'implied_kernel']
 
-# %% ../nbs/05_learned.ipynb #4633c74c
+# %% ../nbs/05_learned.ipynb #05db6054
 import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import FeatureMap
 
-# %% ../nbs/05_learned.ipynb #aac305f2
+# %% ../nbs/05_learned.ipynb #2221b14b
 def next_pow2(n: int) -> int:
     "Smallest power of two >= n (n >= 1)."
     return 1 << max(0, (int(n) - 1).bit_length())
@@ -30,21 +30,25 @@ def naive_hadamard(n: int, # size, a power of two
     return h
 
 def fwht(x: Tensor, # [..., d] input; the last dim is zero-padded to D = next_pow2(d)
+         radix: int = 16, # largest butterfly size r (a power of two >= 2); 2 is the textbook transform
         ) -> Tensor: # [..., D] unnormalised transform H_D x
-    "Fast Walsh-Hadamard transform (Sylvester order, unnormalised) in O(D log D)."
+    "Fast Walsh-Hadamard transform (Sylvester order, unnormalised) in O(D log D): radix-r butterfly stages."
     if not isinstance(x, Tensor): raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[-1] < 1: raise ValueError(f"x must have shape [..., d] with d >= 1, got {tuple(x.shape)}")
-    d = x.shape[-1]; D = next_pow2(d)
+    if isinstance(radix, bool) or not isinstance(radix, int) or radix < 2 or radix & (radix - 1):
+        raise ValueError(f"radix must be a power of two >= 2, got {radix!r}")
+    d = x.shape[-1]; D = next_pow2(d); batch = x.shape[:-1]
     if D != d: x = F.pad(x, (0, D - d))
-    h = 1
-    while h < D:
-        y = x.unflatten(-1, (D // (2 * h), 2, h))
-        a, b = y[..., 0, :], y[..., 1, :]
-        x = torch.stack((a + b, a - b), -2).flatten(-3)
-        h *= 2
+    pre = 1
+    while pre < D:                                   # H_D = H_r1 (x) H_r2 (x) ...: one small matmul per factor
+        r = min(radix, D // pre); post = D // (pre * r)
+        h = naive_hadamard(r, dtype=x.dtype, device=x.device)
+        if post > 1: x = (h @ x.reshape(*batch, pre, r, post)).reshape(*batch, D)
+        else: x = (x.reshape(*batch, pre, r) @ h).reshape(*batch, D)            # h is symmetric
+        pre *= r
     return x
 
-# %% ../nbs/05_learned.ipynb #8240ae18
+# %% ../nbs/05_learned.ipynb #dd7c3a01
 KINDS = ("rks", "prf")
 REDRAW_POLICIES = ("never", "train", "always")
 
@@ -90,7 +94,7 @@ def official_num_features(name: str, # a registry name, e.g. "gmm_rks"
     if name not in table: raise ValueError(f"name must be one of {sorted(table)}, got {name!r}")
     return max(2, table[name])
 
-# %% ../nbs/05_learned.ipynb #0d5208cf
+# %% ../nbs/05_learned.ipynb #00a12603
 class _LearnedMap(FeatureMap):
     "Common machinery of the learned maps (kind, redraw policy, head axis, dtype)."
     def __init__(self, name, head_dim, num_features, kind, smoothing, redraw_policy, stabilize, seed, redraw_interval):
@@ -123,7 +127,7 @@ class _LearnedMap(FeatureMap):
     def extra_repr(self):
         return super().extra_repr() + f", kind={self.kind!r}, redraw_policy={self.redraw_policy!r}"
 
-# %% ../nbs/05_learned.ipynb #90a15a69
+# %% ../nbs/05_learned.ipynb #80abb455
 class GMMRandomFeatures(_LearnedMap):
     "GMM-RKS / GMM-PRF: per-head Gaussian spectral density with reparameterised samples (Chowdhury et al. 2022)."
     def __init__(self, head_dim: int, # d
@@ -208,7 +212,7 @@ class GMMRandomFeatures(_LearnedMap):
         if self.covariance == "full": raise NotImplementedError("closed-form prf kernel is implemented for covariance='diag'")
         return gmm_prf_kernel(x, y, mu, cov)
 
-# %% ../nbs/05_learned.ipynb #00e582f1
+# %% ../nbs/05_learned.ipynb #cf70170e
 def gmm_rks_kernel(tau: Tensor, # [..., d] differences x~ - y~
                    mean: Tensor, # [..., d] mu
                    factor: Tensor, # [..., d, d] L with Sigma = L^T L
@@ -226,7 +230,7 @@ def gmm_prf_kernel(x: Tensor, y: Tensor, # [..., d] scaled inputs
     u = x + y
     return torch.exp((mean * u).sum(-1) + 0.5 * (log_var.exp() * u * u).sum(-1) - (x * x).sum(-1) - (y * y).sum(-1))
 
-# %% ../nbs/05_learned.ipynb #0f45a6ab
+# %% ../nbs/05_learned.ipynb #d9e21745
 class FastFoodRandomFeatures(_LearnedMap):
     "FastFood-RKS / FastFood-PRF: V = D^-1/2 S H G Pi H B with learned diagonals S, G, B (Chowdhury et al. 2022)."
     def __init__(self, head_dim: int, # d (padded to D = next_pow2(d) inside)
@@ -269,7 +273,7 @@ class FastFoodRandomFeatures(_LearnedMap):
         "Apply V = D^-1/2 S H G Pi H B block by block."
         perm = self.perm if perm is None else perm
         S, G, B = (p.to(x.dtype) for p in (self.S, self.G, self.B))
-        u = fwht(F.pad(x, (0, self.padded_dim - self.head_dim)).unsqueeze(-2) * B)       # [..., k, D]
+        u = fwht(x.unsqueeze(-2) * B[:, :self.head_dim])                                  # [..., k, D] (zero padding)
         u = u.gather(-1, perm.expand(u.shape))
         return (fwht(u * G) * S * self.padded_dim ** -0.5).flatten(-2)
 
@@ -293,7 +297,7 @@ class FastFoodRandomFeatures(_LearnedMap):
             rows.append(self.transform(torch.eye(self.head_dim, device=self.S.device), perm).T)
         return torch.cat(rows)[:num_samples]
 
-# %% ../nbs/05_learned.ipynb #4c839f43
+# %% ../nbs/05_learned.ipynb #fd24d8a3
 class GenerativeRandomFeatures(_LearnedMap):
     "Generative-RKS / Generative-PRF: frequencies from an MLP generator of Gaussian noise (Chowdhury et al. 2022)."
     def __init__(self, head_dim: int, # d
@@ -339,7 +343,7 @@ class GenerativeRandomFeatures(_LearnedMap):
         p = next(self.net.parameters())
         return self.frequencies(torch.randn(num_samples, self.noise_dims[0], generator=generator, device=p.device))
 
-# %% ../nbs/05_learned.ipynb #0ac66f36
+# %% ../nbs/05_learned.ipynb #4beb9ca0
 @torch.no_grad()
 def monte_carlo_kernel(fm: FeatureMap, # any random feature map
                        x: Tensor, y: Tensor, # [..., n, d] paired inputs (already scaled)

@@ -29,12 +29,13 @@ def all_maps(d=4, heads=2):
 
 def test_fwht_equals_dense_hadamard_all_sizes():
     g = torch.Generator().manual_seed(0)
+    dense = {D: torch.from_numpy(scipy.linalg.hadamard(D)).to(F64) for D in (2 ** i for i in range(11))}
     for d in range(1, 1025):
         D = next_pow2(d)
         x = torch.randn(2, 3, d, dtype=F64, generator=g)
-        xp = torch.nn.functional.pad(x, (0, D - d))
-        H = torch.from_numpy(scipy.linalg.hadamard(D)).to(F64)
-        assert torch.allclose(fwht(x), xp @ H.T, atol=1e-9 * math.sqrt(D), rtol=0), d
+        ref = torch.nn.functional.pad(x, (0, D - d)) @ dense[D].T
+        assert torch.allclose(fwht(x), ref, atol=1e-9 * math.sqrt(D), rtol=0), d
+        if d % 61 == 0 or d == D: assert torch.allclose(fwht(x, radix=2), ref, atol=1e-9 * math.sqrt(D), rtol=0), d
 
 
 @pytest.mark.parametrize("D", [1, 2, 4, 64, 1024])
@@ -55,6 +56,7 @@ def test_fwht_bad_inputs():
     with pytest.raises(ValueError, match="d >= 1"): fwht(torch.zeros(2, 0))
     with pytest.raises(TypeError, match="torch.Tensor"): fwht([1.0, 2.0])
     with pytest.raises(ValueError, match="power of two"): naive_hadamard(6)
+    with pytest.raises(ValueError, match="radix"): fwht(torch.zeros(2, 4), radix=6)
 
 
 # ---------------------------------------------------------------- defaults
