@@ -74,3 +74,13 @@ def test_release_roundtrip_text_and_npy_metadata(tmp_path):
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="difficulty"): P.get_spec(32, "medium")
     with pytest.raises(FileNotFoundError, match="metadata"): P.read_release(tmp_path / "pathfinder32" / "curv_baseline")
+
+
+def test_workers_and_cache_do_not_change_data(tmp_path, hard32):
+    X, y, _ = hard32
+    Xw, yw = P.generate(12, 32, "hard", seed=11, num_workers=2)
+    np.testing.assert_array_equal(Xw, X[:12]); np.testing.assert_array_equal(yw, y[:12])
+    Xc, yc = P.cached(6, 32, "hard", seed=11, root=tmp_path)
+    assert (tmp_path / "pathfinder-gen" / "32-hard-s11-n6.npz").is_file()
+    Xc2, _ = P.cached(6, 32, "hard", seed=11, root=tmp_path)
+    np.testing.assert_array_equal(Xc, X[:6]); np.testing.assert_array_equal(Xc2, X[:6])

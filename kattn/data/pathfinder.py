@@ -6,16 +6,16 @@ Docs: https://kattn.github.io/kattn/data_pathfinder.html.md"""
 
 # %% auto #0
 __all__ = ['SPECS', 'DIFFICULTY', 'FOLDERS', 'PathfinderSpec', 'get_spec', 'render_segment', 'render_disc', 'Canvas',
-           'turn_weights', 'grow_snake', 'flood_fill', 'flood_fill_label', 'sample_image', 'generate', 'write_release',
-           'read_release']
+           'turn_weights', 'grow_snake', 'flood_fill', 'flood_fill_label', 'sample_image', 'generate', 'cached',
+           'write_release', 'read_release']
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #5a9e8b5f
+# %% ../../nbs/08b_data_pathfinder.ipynb #ce9bb4e2
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #a012b582
+# %% ../../nbs/08b_data_pathfinder.ipynb #36cffb4f
 @dataclass(frozen=True)
 class PathfinderSpec:
     "Generator parameters (LRA names; defaults: Pathfinder-32, hard)."
@@ -49,7 +49,7 @@ def get_spec(size: int = 32, # 32 (Pathfinder), 64, 128 (Path-X) or 256
     if difficulty not in DIFFICULTY: raise ValueError(f"difficulty must be one of {list(DIFFICULTY)}, got {difficulty!r}")
     return replace(SPECS[size], contour_length=DIFFICULTY[difficulty], **kw)
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #ed6a3dab
+# %% ../../nbs/08b_data_pathfinder.ipynb #501a96ad
 _CUT = 0.02  # values below this are exactly 0, so the non-zero set of every stroke is known
 
 def _box(lo, hi):
@@ -75,7 +75,7 @@ def render_disc(c, radius):
     v = np.clip(radius + 0.5 - np.hypot(yy - c[0], xx - c[1]), 0, 1)
     return corner, np.where(v < _CUT, 0.0, v)
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #5fd6b4c1
+# %% ../../nbs/08b_data_pathfinder.ipynb #ff781743
 def _dilate(mask, r):
     "Chebyshev dilation by r pixels (a (2r+1)² square), output padded by r on each side."
     H, W = mask.shape
@@ -120,7 +120,7 @@ class Canvas:
         self.owner[sl][nz] = k; self.dash[sl][nz] = self.ndash; self.ndash += 1
         return self.ndash - 1
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #4488df3c
+# %% ../../nbs/08b_data_pathfinder.ipynb #4172b281
 _DEG = np.arange(-90, 91)
 
 def turn_weights(continuity: float) -> np.ndarray:
@@ -129,16 +129,17 @@ def turn_weights(continuity: float) -> np.ndarray:
     w = np.where(ang < np.pi / 2, np.cos(ang) ** 2, 0.0)
     return w / w.sum()
 
-def _grow_once(cv, rng, k, start, theta, n, spec, contrast, gap, p):
-    L, last = spec.paddle_length, None
+def _grow_once(cv, rng, k, start, theta, n, spec, contrast, gap, cdf):
+    L, last, lo, hi = spec.paddle_length, None, cv.pad, cv.W - 1 - cv.pad
     for i in range(n):
         for _ in range(spec.retrials):
-            th = theta if i == 0 else theta + np.deg2rad(rng.choice(_DEG, p=p))
+            th = theta if i == 0 else theta + np.deg2rad(_DEG[min(np.searchsorted(cdf, rng.random()), len(_DEG) - 1)])
             u = np.array([math.sin(th), math.cos(th)])
             a = start if i == 0 else end + gap * u
             b = a + L * u
-            d = cv.place(k, *render_segment(a, b, spec.thickness), contrast, link=last)
-            if d is not None: break
+            if lo <= b[0] <= hi and lo <= b[1] <= hi:   # cheap pre-check before rendering
+                d = cv.place(k, *render_segment(a, b, spec.thickness), contrast, link=last)
+                if d is not None: break
             if i == 0: theta = rng.uniform(-math.pi, math.pi)
         else: return None
         last, theta, end = d, th, b
@@ -146,14 +147,14 @@ def _grow_once(cv, rng, k, start, theta, n, spec, contrast, gap, p):
 
 def grow_snake(cv: Canvas, rng, k, tail, theta, n, spec, contrast, gap, restarts=4):
     "Grow snake `k` of `n` dashes from `tail` at angle `theta`; return its (start, end) tips or None."
-    p, start, snap = turn_weights(spec.continuity), np.asarray(tail, float), cv.snapshot()
+    cdf, start, snap = np.cumsum(turn_weights(spec.continuity)), np.asarray(tail, float), cv.snapshot()
     for r in range(restarts):
-        tips = _grow_once(cv, rng, k, start, theta, n, spec, contrast, gap, p)
+        tips = _grow_once(cv, rng, k, start, theta, n, spec, contrast, gap, cdf)
         if tips is not None: return tips
         cv.restore(snap); theta = rng.uniform(-math.pi, math.pi)
     return None
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #f4686a4b
+# %% ../../nbs/08b_data_pathfinder.ipynb #c0e61e05
 def flood_fill(mask: np.ndarray, # [H, W] bool: pixels that may be filled
                start, # (y, x) seed pixel
               ) -> np.ndarray: # [H, W] bool: the 8-connected component of `start`
@@ -179,7 +180,7 @@ def flood_fill_label(image: np.ndarray, # [H, W] uint8 Pathfinder image
     (a, b) = [tuple(int(round(c)) for c in mk) for mk in markers]
     return int(flood_fill(image > 0, a)[b])
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #df0d51d8
+# %% ../../nbs/08b_data_pathfinder.ipynb #b74b0c6c
 def sample_image(rng: np.random.Generator, # random stream for this image
                  spec: PathfinderSpec = PathfinderSpec(), # generator parameters
                 ) -> dict: # image [W, W] uint8, label, markers ((y, x), (y, x)), margin
@@ -211,25 +212,48 @@ def sample_image(rng: np.random.Generator, # random stream for this image
         return dict(image=img, label=label, markers=(tuple(mk[0][1]), tuple(mk[1][1])), margin=m)
     raise RuntimeError(f"could not place the target snakes in 200 attempts for {spec}")
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #ac27d2fa
+# %% ../../nbs/08b_data_pathfinder.ipynb #4511fc58
+def _chunk(args):
+    seed, idx, spec = args
+    return [sample_image(np.random.default_rng(np.random.SeedSequence([seed, i])), spec) for i in idx]
+
 def generate(num_samples: int, # number of images
              size: int = 32, # 32 (Pathfinder), 128 (Path-X), also 64 and 256
              difficulty: str = "hard", # easy (6 dashes) | intermediate (9) | hard (14)
              seed: int = 0, # image i uses SeedSequence([seed, i + start])
              start: int = 0, # index of the first image
              return_markers: bool = False, # also return the marker centres [N, 2, 2]
+             num_workers: int = 0, # processes (0: this one); the result does not depend on it
              **kw): # PathfinderSpec overrides
     "Images [N, W, W] uint8 and labels [N] int64 (and markers), deterministic in `seed`."
     spec = get_spec(size, difficulty, **kw)
-    out = [sample_image(np.random.default_rng(np.random.SeedSequence([seed, start + i])), spec)
-           for i in range(num_samples)]
+    idx = list(range(start, start + num_samples))
+    if num_workers > 0 and num_samples > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        parts = [(seed, c.tolist(), spec) for c in np.array_split(np.array(idx), min(4 * num_workers, num_samples))]
+        with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("fork")) as ex: out = [o for r in ex.map(_chunk, parts) for o in r]
+    else: out = _chunk((seed, idx, spec))
     W = spec.window
     imgs = np.stack([o["image"] for o in out]) if out else np.zeros((0, W, W), np.uint8)
     labels = np.array([o["label"] for o in out], np.int64)
     if not return_markers: return imgs, labels
     return imgs, labels, np.array([o["markers"] for o in out], float).reshape(-1, 2, 2)
 
-# %% ../../nbs/08b_data_pathfinder.ipynb #73d893bc
+def cached(num_samples: int, size: int = 32, difficulty: str = "hard", seed: int = 0,
+           root=None, # cache folder (default: kattn.config data_dir)
+           num_workers: int = 0) -> tuple: # images, labels
+    "`generate`, stored once as `<root>/pathfinder-gen/<size>-<difficulty>-s<seed>-n<num>.npz` and reloaded after."
+    from kattn.data import data_dir
+    f = Path(root or data_dir()) / "pathfinder-gen" / f"{size}-{difficulty}-s{seed}-n{num_samples}.npz"
+    if f.is_file():
+        z = np.load(f); return z["images"], z["labels"]
+    x, y = generate(num_samples, size, difficulty, seed, num_workers=num_workers)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npz"); np.savez_compressed(tmp, images=x, labels=y); tmp.replace(f)
+    return x, y
+
+# %% ../../nbs/08b_data_pathfinder.ipynb #c949d911
 def write_release(root, # folder that will hold pathfinder<size>/
                   num_samples: int, size: int = 32, difficulty: str = "hard", seed: int = 0,
                   per_folder: int = 1000, # images per imgs/<k> folder
