@@ -7,10 +7,10 @@ Docs: https://kattn.github.io/kattn/data.html.md"""
 # %% auto #0
 __all__ = ['DataMissingError', 'require', 'data_dir']
 
-# %% ../../nbs/08_data.ipynb #31651104
+# %% ../../nbs/08_data.ipynb #3f245457
 from pathlib import Path
 
-# %% ../../nbs/08_data.ipynb #042ccd01
+# %% ../../nbs/08_data.ipynb #2cf9a021
 class DataMissingError(FileNotFoundError):
     "A dataset file is absent; the message names the file and how to get it."
     def __init__(self, path, hint):
