@@ -71,3 +71,11 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="complete"): L.evaluate("[MAX 1 2")
     with pytest.raises(ValueError, match="min_length"): L.generate(1, min_length=10, max_length=5)
     with pytest.raises(FileNotFoundError, match="basic_train.tsv"): L.read_tsv(tmp_path / "basic_train.tsv")
+
+
+def test_release_layout(tmp_path):
+    top = L.write_release(tmp_path, sizes=(5, 2, 3), seed=2, min_length=30, max_length=90)
+    parts = [L.read_tsv(top / f"basic_{n}.tsv") for n in ("train", "val", "test")]
+    assert [len(p) for p in parts] == [5, 2, 3]
+    flat = sum(parts, [])
+    assert flat == L.generate(10, seed=2, min_length=30, max_length=90) and len({s for s, _ in flat}) == 10

@@ -6,14 +6,14 @@ Docs: https://kattn.github.io/kattn/data_listops.html.md"""
 
 # %% auto #0
 __all__ = ['OPERATORS', 'VALUES', 'END', 'VOCAB', 'sample_tree', 'tree_length', 'naive_evaluate', 'to_source', 'evaluate',
-           'generate', 'tokenize', 'encode', 'write_tsv', 'read_tsv']
+           'generate', 'tokenize', 'encode', 'write_tsv', 'read_tsv', 'write_release']
 
-# %% ../../nbs/08a_data_listops.ipynb #0a307ea1
+# %% ../../nbs/08a_data_listops.ipynb #43991f7d
 import csv
 import random
 from pathlib import Path
 
-# %% ../../nbs/08a_data_listops.ipynb #39605f2c
+# %% ../../nbs/08a_data_listops.ipynb #e3160ceb
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 VALUES = tuple(range(10))
 END = "]"
@@ -34,7 +34,7 @@ def tree_length(t) -> int:
     "Tokens without parentheses: 1 per digit, 2 per operator (its op token and its `]`)."
     return 1 if isinstance(t, int) else 2 + sum(tree_length(c) for c in t[1])
 
-# %% ../../nbs/08a_data_listops.ipynb #dee5b4de
+# %% ../../nbs/08a_data_listops.ipynb #b552bf6e
 def _median(c):
     s = sorted(c); k = len(s)
     return (s[(k - 1) // 2] + s[k // 2]) // 2
@@ -45,7 +45,7 @@ def naive_evaluate(t) -> int:
     "Value of a tree, by recursion over its children."
     return t if isinstance(t, int) else _APPLY[t[0]]([naive_evaluate(c) for c in t[1]])
 
-# %% ../../nbs/08a_data_listops.ipynb #ff864947
+# %% ../../nbs/08a_data_listops.ipynb #a2dfa6c1
 def to_source(t) -> str:
     "The LRA TSV `Source` string of a tree."
     if isinstance(t, int): return str(t)
@@ -53,7 +53,7 @@ def to_source(t) -> str:
     for c in t[1][1:]: s = f"( {s} {to_source(c)} )"
     return f"( {s} {END} )"
 
-# %% ../../nbs/08a_data_listops.ipynb #4b6e0b3e
+# %% ../../nbs/08a_data_listops.ipynb #eea1fb7d
 def evaluate(source: str) -> int:
     "Value of a ListOps source string (parenthesised LRA form, or the bare `[MAX 2 9 ]` form)."
     if not isinstance(source, str): raise TypeError(f"source must be a str, got {type(source).__name__}")
@@ -71,7 +71,7 @@ def evaluate(source: str) -> int:
     if stack or len(out) != 1: raise ValueError("source: not a single complete expression")
     return out[0]
 
-# %% ../../nbs/08a_data_listops.ipynb #d01ef14a
+# %% ../../nbs/08a_data_listops.ipynb #ec6789af
 def generate(num_samples: int, # number of distinct expressions
              seed: int = 0, # seeds Python's `random.Random`
              min_length: int = 500, # keep trees with min_length < length ...
@@ -91,7 +91,7 @@ def generate(num_samples: int, # number of distinct expressions
         seen.add(s); out.append((s, naive_evaluate(t)))
     return out
 
-# %% ../../nbs/08a_data_listops.ipynb #3a3573be
+# %% ../../nbs/08a_data_listops.ipynb #6de5c91a
 VOCAB = ("<pad>", "<unk>") + OPERATORS + ("X",) + tuple(str(v) for v in VALUES)
 _IDS = {t: i for i, t in enumerate(VOCAB)}
 
@@ -121,3 +121,14 @@ def read_tsv(path) -> list:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows or rows[0] != ["Source", "Target"]: raise ValueError(f"{p}: expected the header Source<TAB>Target")
     return [(s, int(float(t))) for s, t in rows[1:]]
+
+# %% ../../nbs/08a_data_listops.ipynb #7977b277
+def write_release(root, # folder that will hold listops-1000/
+                  sizes=(96000, 2000, 2000), # train, val, test (LRA's)
+                  seed: int = 0, **kw) -> Path: # generate() options
+    "Write `listops-1000/basic_{train,val,test}.tsv` as LRA did: one pool of distinct trees, cut in order."
+    pool = generate(sum(sizes), seed=seed, **kw)
+    top, i = Path(root) / "listops-1000", 0
+    for name, n in zip(("train", "val", "test"), sizes):
+        write_tsv(pool[i:i + n], top / f"basic_{name}.tsv"); i += n
+    return top
