@@ -8,13 +8,13 @@ Docs: https://kattn.github.io/kattn/data_batching.html.md"""
 __all__ = ['pad_batch', 'SequenceDataset', 'collate_classification', 'PairDataset', 'collate_pairs', 'lm_blocks',
            'bucket_batches', 'BucketBatchSampler', 'split_indices', 'hash_split']
 
-# %% ../../nbs/08e_data_batching.ipynb #95c4cfd0
+# %% ../../nbs/08e_data_batching.ipynb #f6c619bf
 import hashlib
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-# %% ../../nbs/08e_data_batching.ipynb #59519cca
+# %% ../../nbs/08e_data_batching.ipynb #aab92a37
 def pad_batch(seqs, # list of 1-D int sequences (lists, arrays or tensors)
               pad_id: int = 0, # filler id
               max_len: int = None, # cut longer sequences (keeping the start); default: the longest
@@ -31,7 +31,7 @@ def pad_batch(seqs, # list of 1-D int sequences (lists, arrays or tensors)
         ids[i, sl] = s; mask[i, sl] = False
     return ids, mask
 
-# %% ../../nbs/08e_data_batching.ipynb #d7ee901e
+# %% ../../nbs/08e_data_batching.ipynb #b9b41111
 class SequenceDataset(Dataset):
     "Token sequences with one label each (classification)."
     def __init__(self, seqs, labels, max_len: int = None):
@@ -73,7 +73,7 @@ def lm_blocks(ids, # 1-D token stream
     b = t[: n * block_len + 1].unfold(0, block_len + 1, block_len)
     return {"ids": b.clone(), "labels": b.clone()}
 
-# %% ../../nbs/08e_data_batching.ipynb #1ba9fc0a
+# %% ../../nbs/08e_data_batching.ipynb #dc95287b
 def bucket_batches(lengths, # length of every example
                    batch_size: int, # rows per batch (at most)
                    seed: int = 0, # shuffling seed
@@ -109,7 +109,7 @@ class BucketBatchSampler(Sampler):
     def __iter__(self): return iter(self._b())
     def __len__(self): return len(self._b())
 
-# %% ../../nbs/08e_data_batching.ipynb #0ff28ee2
+# %% ../../nbs/08e_data_batching.ipynb #9ecdc69e
 def split_indices(n: int, # examples
                   fractions=(0.9, 0.05, 0.05), # split sizes (normalised); the last split takes the rounding rest
                   seed: int = 0,
