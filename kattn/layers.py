@@ -9,7 +9,7 @@ __all__ = ['ATTENTIONS', 't5_buckets', 'RelativePositionBias', 'RelativePosition
            'dense_kernelized_attention', 'KernelizedAttention', 'AttentionSpec', 'register_attention', 'get_attention',
            'CoreAdapter', 'MultiheadAttention', 'check_causality']
 
-# %% ../nbs/06_layers.ipynb #f154ccdc
+# %% ../nbs/06_layers.ipynb #b99a3244
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures
 from .attention import softmax_attention, kernelized_attention, rpe_matrix
 from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRandomizedAttention
+from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
 
-# %% ../nbs/06_layers.ipynb #6c326568
+# %% ../nbs/06_layers.ipynb #83790401
 def t5_buckets(offset: Tensor, # integer offsets j - i
                num_buckets: int = 32, # total buckets (split between the two signs when bidirectional)
                max_distance: int = 128, # offsets beyond this share the last bucket
@@ -39,7 +40,7 @@ def t5_buckets(offset: Tensor, # integer offsets j - i
     large = (max_exact + (ratio * (num_buckets - max_exact)).long()).clamp_max(num_buckets - 1)
     return ret + torch.where(n < max_exact, n, large)
 
-# %% ../nbs/06_layers.ipynb #bb27c9c6
+# %% ../nbs/06_layers.ipynb #530a5e96
 def _check_pos_int(name, v):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -76,7 +77,7 @@ class RelativePositionBias(nn.Module):
 
     def extra_repr(self): return f"num_heads={self.num_heads}, max_len={self.max_len}, num_buckets={self.num_buckets}"
 
-# %% ../nbs/06_layers.ipynb #9622d39b
+# %% ../nbs/06_layers.ipynb #db4a1f93
 class RelativePositionBias2D(nn.Module):
     "Swin-style 2D relative position bias over an h x w grid: forward() -> dense [num_heads, h*w, h*w]."
     def __init__(self, num_heads: int, # H
@@ -98,7 +99,7 @@ class RelativePositionBias2D(nn.Module):
         "The dense bias matrix over the flattened grid."
         return self.weight[:, self.index]
 
-# %% ../nbs/06_layers.ipynb #4de4cd4c
+# %% ../nbs/06_layers.ipynb #62717f1a
 def _padding_and_causal(nq, nk, causal, key_padding_mask, device):
     "Bool [..., nq, nk] admissible keys (None when all are) and bool [..., nq, 1] rows with no admissible key."
     allowed = None
@@ -137,7 +138,7 @@ class SoftmaxAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
         return out if empty is None else out.masked_fill(empty, 0.0)
 
-# %% ../nbs/06_layers.ipynb #32ce2691
+# %% ../nbs/06_layers.ipynb #db9e0ab0
 def dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal=False, key_padding_mask=None, eps=1e-12):
     "O(n^2) kernelized attention with a dense bias: w_ij = exp(B_ij - max B) phi_q_i . phi_k_j."
     work = torch.float64 if v.dtype == torch.float64 else torch.float32
@@ -179,7 +180,7 @@ class KernelizedAttention(nn.Module):
             return dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask)
         return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
 
-# %% ../nbs/06_layers.ipynb #db575596
+# %% ../nbs/06_layers.ipynb #8bc534ef
 @dataclass
 class AttentionSpec:
     "One registry entry: how to build an algorithm and what it supports."
@@ -208,7 +209,7 @@ def get_attention(name: str) -> AttentionSpec:
         raise ValueError(f"unknown attention {name!r}; valid names: {', '.join(sorted(ATTENTIONS))}")
     return ATTENTIONS[name]
 
-# %% ../nbs/06_layers.ipynb #099625be
+# %% ../nbs/06_layers.ipynb #db771ba1
 def _softmax(head_dim, num_heads, dropout=0.0, scale=None):
     return SoftmaxAttention(dropout, scale)
 
@@ -244,7 +245,7 @@ register_attention("nprf_rpe", AttentionSpec(_nprf, causal=True, rpe="optional",
                                              feature_map="PositiveRandomFeatures(head_dim, m=head_dim, iid) on l2-normalized q, k",
                                              paper="Luo et al. 2021, Algorithm 1 (NPRF with RPE)"))
 
-# %% ../nbs/06_layers.ipynb #f9196eee
+# %% ../nbs/06_layers.ipynb #b9edccff
 class CoreAdapter(nn.Module):
     "Adapts an attention core forward(q, k, v, key_padding_mask, causal) to the layer's algorithm interface (no bias)."
     def __init__(self, core: nn.Module, name: str):
@@ -266,7 +267,22 @@ register_attention("rfa", AttentionSpec(_rfa, causal=True, rpe="none", feature_m
 register_attention("lara", AttentionSpec(_lara, causal=True, rpe="none", feature_map="C proposals N(mu_c, .), mu_c from learned query/key landmarks",
                                          paper="Zheng et al. 2022, LARA (Algorithm 3); causal: kattn extension"))
 
-# %% ../nbs/06_layers.ipynb #6c4519d7
+# %% ../nbs/06_layers.ipynb #6060c9fa
+def _learned(cls, kind, per_head=False):
+    def build(head_dim, num_heads, num_features=None, scale=None, **kw):
+        if per_head: kw["num_heads"] = num_heads
+        return KernelizedAttention(cls(head_dim, num_features, kind=kind, **kw), scale=scale)
+    return build
+
+for _name, _cls, _per_head in [("gmm", GMMRandomFeatures, True), ("fastfood", FastFoodRandomFeatures, False),
+                               ("generative", GenerativeRandomFeatures, False)]:
+    for _kind in ("rks", "prf"):
+        register_attention(f"{_name}_{_kind}", AttentionSpec(
+            _learned(_cls, _kind, _per_head), causal=True, rpe="optional", recurrent=True,
+            feature_map=f"{_cls.__name__}(head_dim, kind={_kind!r}) on d^-1/4 q, k; learned spectral parameters",
+            paper=f"Chowdhury et al. 2022, {_name.capitalize()}-{_kind.upper()}"))
+
+# %% ../nbs/06_layers.ipynb #4101af9c
 def _resolve_rpe(name, spec, rpe, num_heads, max_len):
     if rpe is None: rpe = spec.default_rpe or spec.rpe == "required"
     if isinstance(rpe, RelativePositionBias):
@@ -338,7 +354,7 @@ class MultiheadAttention(nn.Module):
 
     def extra_repr(self): return f"d_model={self.d_model}, num_heads={self.num_heads}, attention={self.attention!r}, causal={self.causal}"
 
-# %% ../nbs/06_layers.ipynb #944d19d2
+# %% ../nbs/06_layers.ipynb #cb05c625
 def check_causality(layer: nn.Module, # maps [B, n, d] -> [B, n, d]
                     x: Tensor, # [B, n, d]
                     t: int, # change inputs after t
@@ -347,7 +363,7 @@ def check_causality(layer: nn.Module, # maps [B, n, d] -> [B, n, d]
     x2 = x.clone(); x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 10
     with torch.no_grad(): return float((layer(x, **kwargs)[:, :t + 1] - layer(x2, **kwargs)[:, :t + 1]).abs().max())
 
-# %% ../nbs/06_layers.ipynb #68735eb1
+# %% ../nbs/06_layers.ipynb #24c19986
 def _recurrent_step(alg, q, k, v, state):
     "One step of causal linear attention with state S = sum phi(k) [v, 1]^T."
     work = torch.float64 if v.dtype == torch.float64 else torch.float32
