@@ -8,7 +8,7 @@ Docs: https://kattn.github.io/kattn/runner.html.md"""
 __all__ = ['SUITE', 'environment', 'save_metrics', 'experiments_dir', 'list_experiments', 'parse_value', 'notebook_parameters',
            'make_slug', 'run_experiment', 'reproduce', 'build_site', 'main']
 
-# %% ../nbs/11_runner.ipynb #25cb1e88
+# %% ../nbs/11_runner.ipynb #37e07b57
 import argparse
 import ast
 import json
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import PRESETS, get_config
 
-# %% ../nbs/11_runner.ipynb #0b7c4efb
+# %% ../nbs/11_runner.ipynb #90d0da7e
 def _git(*args, cwd=None):
     try: return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
     except Exception: return ""
@@ -39,7 +39,7 @@ def environment() -> dict:
             "git_dirty": bool(_git("status", "--porcelain", "--", "kattn", "nbs", cwd=cfg_root)),
             "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-# %% ../nbs/11_runner.ipynb #c3d1b70f
+# %% ../nbs/11_runner.ipynb #0eee33fc
 def _jsonable(o):
     "Fallback JSON conversion for tensors, numpy values and paths."
     if hasattr(o, "tolist"): return o.tolist()
@@ -55,7 +55,7 @@ def save_metrics(metrics: dict, # metric name -> number, list or nested dict
     if p := os.environ.get("KATTN_METRICS_PATH"): Path(p).write_text(text)
     return json.loads(text)
 
-# %% ../nbs/11_runner.ipynb #491864ec
+# %% ../nbs/11_runner.ipynb #b6b93d15
 def experiments_dir(root=None) -> Path:
     "Folder of experiment templates."
     return Path(root or get_config().root) / "nbs" / "experiments"
@@ -64,7 +64,7 @@ def list_experiments(root=None) -> list:
     "Names of the experiment templates."
     return sorted(p.stem for p in experiments_dir(root).glob("*.ipynb") if not p.name.startswith((".", "_")))
 
-# %% ../nbs/11_runner.ipynb #6fa6fd8c
+# %% ../nbs/11_runner.ipynb #2eb4dbe9
 def parse_value(s: str):
     "A command-line value as a Python literal, else the string itself."
     try: return ast.literal_eval(s)
@@ -77,13 +77,13 @@ def notebook_parameters(path) -> dict:
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "python3", "language": "python"})
     return {k: parse_value(v["default"]) for k, v in pm.inspect_notebook(nb).items()}
 
-# %% ../nbs/11_runner.ipynb #4aaab4f6
+# %% ../nbs/11_runner.ipynb #cf2d0604
 def make_slug(preset: str, overrides: dict) -> str:
     "Record name: the preset plus the overridden parameters."
     parts = [preset] + [f"{k}={overrides[k]}" for k in sorted(overrides) if k != "preset"]
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", "__".join(parts))
 
-# %% ../nbs/11_runner.ipynb #9048c2eb
+# %% ../nbs/11_runner.ipynb #a4fe6cc3
 def _resolve(name, preset, params, root):
     "Validate name, preset and parameters; return (template path, defaults, merged overrides)."
     names = list_experiments(root)
@@ -98,7 +98,7 @@ def _resolve(name, preset, params, root):
     if params["preset"] not in PRESETS: raise ValueError(f"preset must be one of {PRESETS}, got {params['preset']!r}")
     return path, defaults, params
 
-# %% ../nbs/11_runner.ipynb #335656b7
+# %% ../nbs/11_runner.ipynb #323413d1
 def run_experiment(name: str, # template name in nbs/experiments
                    preset: str = None, # smoke, cpu or paper (default: settings.ini / KATTN_PRESET)
                    params: dict = None, # parameter overrides
@@ -135,12 +135,16 @@ def run_experiment(name: str, # template name in nbs/experiments
     (out / f"{slug}.failed.ipynb").unlink(missing_ok=True)
     return record
 
-# %% ../nbs/11_runner.ipynb #158d683e
+# %% ../nbs/11_runner.ipynb #287453d7
 SUITE = [
-    ("toeplitz_fft", {}),
+    ("toeplitz_fft", {}),             # Toeplitz/FFT product vs dense (Luo §3.2)
+    ("approx_error_prf", {}),         # Luo Fig. 1b: PRF error vs m and R; normalization + RPE
+    ("approx_error_randomized", {}),  # Zheng §5.1: RA / RFA / LARA / Performer MSE vs samples
+    ("learned_kernels", {}),          # Chowdhury: learned spectral kernels on a generated task
+    ("train_smoke", {}),              # tiny causal LM, three attention variants
 ]
 
-# %% ../nbs/11_runner.ipynb #c135eee8
+# %% ../nbs/11_runner.ipynb #b4ce4b5a
 def reproduce(preset: str = None, root=None, site: bool = True) -> list:
     "Run every experiment in SUITE, then build the site; return the failures."
     failed = []
@@ -154,13 +158,13 @@ def reproduce(preset: str = None, root=None, site: bool = True) -> list:
     if site: build_site(root)
     return failed
 
-# %% ../nbs/11_runner.ipynb #1ad24c08
+# %% ../nbs/11_runner.ipynb #33c0cdeb
 def build_site(root=None):
     "Build the website into _site/ (quarto when installed, else kattn's offline builder)."
     from kattn.site import build_site as _build
     return _build(root=root)
 
-# %% ../nbs/11_runner.ipynb #302be9c4
+# %% ../nbs/11_runner.ipynb #c6f0c77c
 def _parser():
     p = argparse.ArgumentParser(prog="kattn", description="kattn: experiments, site and data")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -175,7 +179,7 @@ def _parser():
     d.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
-# %% ../nbs/11_runner.ipynb #d8199494
+# %% ../nbs/11_runner.ipynb #f58379ac
 def main(argv=None) -> int:
     "Entry point of the `kattn` console script."
     a = _parser().parse_args(argv)
