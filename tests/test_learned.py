@@ -27,7 +27,15 @@ def all_maps(d=4, heads=2):
 
 # ---------------------------------------------------------------- fast Walsh-Hadamard transform
 
-def test_fwht_equals_dense_hadamard_all_sizes():
+@pytest.fixture
+def one_thread():
+    "Many tiny ops: one intra-op thread avoids spin contention on a loaded 2-core machine."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_fwht_equals_dense_hadamard_all_sizes(one_thread):
     g = torch.Generator().manual_seed(0)
     dense = {D: torch.from_numpy(scipy.linalg.hadamard(D)).to(F64) for D in (2 ** i for i in range(11))}
     for d in range(1, 1025):
@@ -286,3 +294,26 @@ def test_cuda_draws_on_device():
         fm = fm.cuda()
         pq, pk = fm(x, is_query=True), fm(x)
         assert pq.device.type == "cuda" and torch.isfinite(kernelized_attention(pq, pk, x, causal=True)).all()
+
+
+# ---------------------------------------------------------------- through the layers registry
+
+LEARNED_NAMES = ["gmm_rks", "gmm_prf", "fastfood_rks", "fastfood_prf", "generative_rks", "generative_prf"]
+
+
+@pytest.mark.parametrize("name", LEARNED_NAMES)
+def test_registry_layer_causal_rpe_and_recurrent_step(name):
+    from kattn.layers import ATTENTIONS, MultiheadAttention
+    assert name in ATTENTIONS
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 16)
+    mha = MultiheadAttention(16, 2, attention=name, causal=True, rpe=True, max_len=16)
+    mha(x).square().sum().backward()
+    fm = mha.algorithm.feature_map
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fm.parameters())
+    mha = MultiheadAttention(16, 2, attention=name, causal=True, rpe=False).eval()
+    with torch.no_grad():
+        full, state, steps = mha(x), None, []
+        for t in range(x.shape[1]):
+            y, state = mha.step(x[:, t:t + 1], state); steps.append(y)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-4)      # fixed draws at eval: decoding == full pass
