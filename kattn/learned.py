@@ -9,14 +9,14 @@ __all__ = ['KINDS', 'REDRAW_POLICIES', 'next_pow2', 'naive_hadamard', 'fwht', 'r
            'official_num_features', 'GMMRandomFeatures', 'gmm_rks_kernel', 'gmm_prf_kernel', 'FastFoodRandomFeatures',
            'GenerativeRandomFeatures', 'monte_carlo_kernel', 'implied_kernel']
 
-# %% ../nbs/05_learned.ipynb #05db6054
+# %% ../nbs/05_learned.ipynb #54c63ae9
 import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import FeatureMap
 
-# %% ../nbs/05_learned.ipynb #2221b14b
+# %% ../nbs/05_learned.ipynb #cb0441f5
 def next_pow2(n: int) -> int:
     "Smallest power of two >= n (n >= 1)."
     return 1 << max(0, (int(n) - 1).bit_length())
@@ -48,7 +48,7 @@ def fwht(x: Tensor, # [..., d] input; the last dim is zero-padded to D = next_po
         pre *= r
     return x
 
-# %% ../nbs/05_learned.ipynb #dd7c3a01
+# %% ../nbs/05_learned.ipynb #6b063456
 KINDS = ("rks", "prf")
 REDRAW_POLICIES = ("never", "train", "always")
 
@@ -94,7 +94,7 @@ def official_num_features(name: str, # a registry name, e.g. "gmm_rks"
     if name not in table: raise ValueError(f"name must be one of {sorted(table)}, got {name!r}")
     return max(2, table[name])
 
-# %% ../nbs/05_learned.ipynb #00a12603
+# %% ../nbs/05_learned.ipynb #3c972393
 class _LearnedMap(FeatureMap):
     "Common machinery of the learned maps (kind, redraw policy, head axis, dtype)."
     def __init__(self, name, head_dim, num_features, kind, smoothing, redraw_policy, stabilize, seed, redraw_interval):
@@ -127,7 +127,7 @@ class _LearnedMap(FeatureMap):
     def extra_repr(self):
         return super().extra_repr() + f", kind={self.kind!r}, redraw_policy={self.redraw_policy!r}"
 
-# %% ../nbs/05_learned.ipynb #80abb455
+# %% ../nbs/05_learned.ipynb #dd2b1034
 class GMMRandomFeatures(_LearnedMap):
     "GMM-RKS / GMM-PRF: per-head Gaussian spectral density with reparameterised samples (Chowdhury et al. 2022)."
     def __init__(self, head_dim: int, # d
@@ -212,7 +212,7 @@ class GMMRandomFeatures(_LearnedMap):
         if self.covariance == "full": raise NotImplementedError("closed-form prf kernel is implemented for covariance='diag'")
         return gmm_prf_kernel(x, y, mu, cov)
 
-# %% ../nbs/05_learned.ipynb #cf70170e
+# %% ../nbs/05_learned.ipynb #82083b1b
 def gmm_rks_kernel(tau: Tensor, # [..., d] differences x~ - y~
                    mean: Tensor, # [..., d] mu
                    factor: Tensor, # [..., d, d] L with Sigma = L^T L
@@ -230,7 +230,7 @@ def gmm_prf_kernel(x: Tensor, y: Tensor, # [..., d] scaled inputs
     u = x + y
     return torch.exp((mean * u).sum(-1) + 0.5 * (log_var.exp() * u * u).sum(-1) - (x * x).sum(-1) - (y * y).sum(-1))
 
-# %% ../nbs/05_learned.ipynb #d9e21745
+# %% ../nbs/05_learned.ipynb #e5c429a5
 class FastFoodRandomFeatures(_LearnedMap):
     "FastFood-RKS / FastFood-PRF: V = D^-1/2 S H G Pi H B with learned diagonals S, G, B (Chowdhury et al. 2022)."
     def __init__(self, head_dim: int, # d (padded to D = next_pow2(d) inside)
@@ -297,7 +297,7 @@ class FastFoodRandomFeatures(_LearnedMap):
             rows.append(self.transform(torch.eye(self.head_dim, device=self.S.device), perm).T)
         return torch.cat(rows)[:num_samples]
 
-# %% ../nbs/05_learned.ipynb #fd24d8a3
+# %% ../nbs/05_learned.ipynb #e9c47697
 class GenerativeRandomFeatures(_LearnedMap):
     "Generative-RKS / Generative-PRF: frequencies from an MLP generator of Gaussian noise (Chowdhury et al. 2022)."
     def __init__(self, head_dim: int, # d
@@ -343,7 +343,7 @@ class GenerativeRandomFeatures(_LearnedMap):
         p = next(self.net.parameters())
         return self.frequencies(torch.randn(num_samples, self.noise_dims[0], generator=generator, device=p.device))
 
-# %% ../nbs/05_learned.ipynb #4beb9ca0
+# %% ../nbs/05_learned.ipynb #e248beba
 @torch.no_grad()
 def monte_carlo_kernel(fm: FeatureMap, # any random feature map
                        x: Tensor, y: Tensor, # [..., n, d] paired inputs (already scaled)
