@@ -12,8 +12,7 @@ __all__ = ['rpe_matrix', 'softmax_attention', 'naive_kernelized_attention', 'ker
 import math
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
-from .toeplitz import toeplitz_matmul
+from .toeplitz import toeplitz_matmul, fft_length, toeplitz_spectrum
 
 # %% ../nbs/02_attention.ipynb #af057a2a
 def _check_tensor(name, t, dtype_kind="float"):
@@ -143,33 +142,102 @@ def _causal_chunked(phi_q, phi_k, v1, chunk_size):
     out = local + bq @ prefix                               # exclusive prefix over earlier chunks
     return out.reshape(*out.shape[:-3], N * C, dv)[..., :n, :]
 
-# %% ../nbs/02_attention.ipynb #29a39f35
-def _rpe_chunk(fq, fk, v1, c, causal):
-    "One feature chunk: phi_q . (C [phi_k (x) v1]) -> [..., n, d_v+1]."
-    a1 = (fk.unsqueeze(-1) * v1.unsqueeze(-2)).flatten(-2)              # [..., n, mc*(d_v+1)]
-    d1 = toeplitz_matmul(c, a1, causal=causal).unflatten(-1, (fk.shape[-1], v1.shape[-1]))
-    return (fq.unsqueeze(-2) @ d1).squeeze(-2)
+# %% ../nbs/02_attention.ipynb #600c60c9
+def _rpe_layout(t, batch, first):
+    "[..., n, f] -> contiguous [f, B, n] (first=True) or [B, f, n]: positions last, batch flattened."
+    t = t.expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:])
+    return (t.permute(2, 0, 1) if first else t.transpose(-1, -2)).contiguous()
+
+def _rpe_chunk_size(B, dv, L, m, budget, esize, units):
+    "Features per chunk so that `units` real [B, dv, L] buffers per feature fit the budget."
+    return max(1, min(m, budget // max(units * B * dv * L * esize, 1)))
+
+def _spectral(buf, fkT, v1T, s, k, n):
+    "rfft of the zero-padded phi_k (x) v1 of features s..s+k (written into `buf`, whose tail stays zero)."
+    a = buf[:k]
+    torch.mul(fkT[s:s + k, :, None, :], v1T, out=a[..., :n])
+    return torch.fft.rfft(a, dim=-1)
+
+def _rpe_forward(fqT, fkT, v1T, spec, L, mc):
+    "out[b, e, i] = sum_r fq[r, b, i] (T (fk_r * v1_e))[b, e, i], chunks of mc features."
+    m, B, n = fkT.shape; dv = v1T.shape[-2]
+    out = fqT.new_zeros(B, dv, n)
+    buf = fqT.new_zeros(mc, B, dv, L)
+    for s in range(0, m, mc):
+        k = min(mc, m - s)
+        y = torch.fft.irfft(_spectral(buf, fkT, v1T, s, k, n).mul_(spec), n=L, dim=-1)
+        for r in range(k): out.addcmul_(y[r, :, :, :n], fqT[s + r, :, None, :])
+    return out
+
+
+# %% ../nbs/02_attention.ipynb #8abaf441
+def _rpe_backward(G, fqT, fkT, v1T, spec, L, mc, need):
+    "Gradients (fq, fk, v1 in layout, spectrum correlation S) of <G, out>; chunks recomputed."
+    m, B, n = fkT.shape; dv = v1T.shape[-2]
+    gq, gk = (fqT.new_zeros(m, B, n) if need[i] else None for i in (0, 1))
+    gv = fqT.new_zeros(B, dv, n) if need[2] else None
+    S = spec.new_zeros(B, L // 2 + 1) if need[3] else None
+    ba, bp = fqT.new_zeros(mc, B, dv, L), fqT.new_zeros(mc, B, dv, L)
+    for s in range(0, m, mc):
+        k = min(mc, m - s)
+        A = _spectral(ba, fkT, v1T, s, k, n)                       # rfft(phi_k (x) v1)
+        P = _spectral(bp, fqT, G, s, k, n)                         # rfft(phi_q (x) G)
+        if S is not None: S += (A * P.conj()).sum((0, 2))
+        if gq is not None:
+            y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1)          # D = T (phi_k (x) v1)
+            for r in range(k): gq[s + r] = (y[r, :, :, :n] * G).sum(-2)
+        if gk is not None or gv is not None:
+            y = torch.fft.irfft(P.mul_(spec.conj()), n=L, dim=-1)   # T^T (phi_q (x) G)
+            for r in range(k):
+                if gk is not None: gk[s + r] = (y[r, :, :, :n] * v1T).sum(-2)
+                if gv is not None: gv.addcmul_(y[r, :, :, :n], fkT[s + r, :, None, :])
+    return gq, gk, gv, S
+
+
+# %% ../nbs/02_attention.ipynb #00cd9025
+class _RPEToeplitz(torch.autograd.Function):
+    "phi_q . (C [phi_k (x) v1]) with C Toeplitz, by FFT in feature chunks; backward recomputes the chunks."
+    @staticmethod
+    def forward(ctx, fq, fk, v1, c, causal, budget):
+        batch = torch.broadcast_shapes(fq.shape[:-2], fk.shape[:-2], v1.shape[:-2], c.shape[:-1])
+        n, m, dv = fk.shape[-2], fk.shape[-1], v1.shape[-1]
+        L = fft_length(n)
+        spec = toeplitz_spectrum(c, L, causal)                     # once per distinct bias row (e.g. per head)
+        spec = spec.expand(*batch, spec.shape[-1]).reshape(-1, spec.shape[-1])[None, :, None, :]
+        fqT, fkT, v1T = _rpe_layout(fq, batch, True), _rpe_layout(fk, batch, True), _rpe_layout(v1, batch, False)
+        mc = _rpe_chunk_size(v1T.shape[0], dv, L, m, budget, fq.element_size(), 4)
+        out = _rpe_forward(fqT, fkT, v1T, spec, L, mc)
+        ctx.save_for_backward(fqT, fkT, v1T, spec)
+        ctx.meta = (batch, n, L, causal, budget, fq.shape, fk.shape, v1.shape, c.shape)
+        return out.transpose(-1, -2).reshape(*batch, n, dv)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        fqT, fkT, v1T, spec = ctx.saved_tensors
+        batch, n, L, causal, budget, sq, sk, sv, sc = ctx.meta
+        G = _rpe_layout(g, batch, False)
+        mc = _rpe_chunk_size(G.shape[0], G.shape[1], L, fkT.shape[0], budget, G.element_size(), 6)
+        gq, gk, gv, S = _rpe_backward(G, fqT, fkT, v1T, spec, L, mc, ctx.needs_input_grad[:4])
+        back = lambda t, s: None if t is None else t.permute(1, 2, 0).reshape(*batch, n, s[-1]).sum_to_size(s)
+        gv = None if gv is None else gv.transpose(-1, -2).reshape(*batch, n, sv[-1]).sum_to_size(sv)
+        gc = None
+        if S is not None:
+            corr = torch.fft.irfft(S, n=L, dim=-1)                 # corr[t mod L] = sum_{j-i=t} P_i . A_j
+            gc = torch.cat([corr[:, L - n + 1:], corr[:, :n]], -1)
+            if causal: gc[:, n:] = 0
+            gc = gc.reshape(*batch, 2 * n - 1).sum_to_size(sc)
+        return back(gq, sq), back(gk, sk), gv, gc, None, None
 
 def _rpe_core(phi_q: Tensor, # [..., n, m] (work dtype)
               phi_k: Tensor, # [..., n, m] (padded keys zeroed)
               v1: Tensor, # [..., n, d_v+1] values with the ones column
               c: Tensor, # [..., 2n-1] Toeplitz weights exp(b - max b)
               causal: bool, # lower-triangular Toeplitz
-              memory_budget: int, # bytes of extra memory per feature chunk
+              memory_budget: int, # bytes of chunk buffers (feature dimension chunked to fit)
              ) -> Tensor: # [..., n, d_v+1] numerator and denominator
     "RPE attention numerator/denominator via FFT Toeplitz products, feature dim in chunks."
-    n, m, dv = phi_k.shape[-2], phi_k.shape[-1], v1.shape[-1]
-    batch = torch.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], v1.shape[:-2], c.shape[:-1])
-    per_feature = 6 * math.prod(batch) * 2 * n * dv * phi_k.element_size()
-    mc = max(1, min(m, memory_budget // max(per_feature, 1)))
-    # with several chunks under autograd, recompute each chunk in backward so training memory stays bounded too
-    ckpt = mc < m and torch.is_grad_enabled() and any(t.requires_grad for t in (phi_q, phi_k, v1, c))
-    out = None
-    for s in range(0, m, mc):
-        args = (phi_q[..., s:s + mc], phi_k[..., s:s + mc], v1, c, causal)
-        part = checkpoint(_rpe_chunk, *args, use_reentrant=False) if ckpt else _rpe_chunk(*args)
-        out = part if out is None else out + part
-    return out
+    return _RPEToeplitz.apply(phi_q, phi_k, v1, c, causal, memory_budget)
 
 def _rpe_weights(rpe_bias, causal, work):
     "c = exp(b - max b), the max over the admissible offsets (j - i <= 0 when causal), detached."

@@ -1,0 +1,104 @@
+"Benchmark harness logic (never wall-clock assertions): interleaving, medians, modes, memory, sweeps, JSON, crossover."
+import math
+import pytest
+import torch
+import pandas as pd
+from kattn.bench import (Case, run_case, time_cases, summarize, peak_memory, benchmark, sweep, ratios, crossover,
+                         save_results, load_results, fft_floor, reset_peak_rss)
+
+MiB = 2 ** 20
+
+
+class FakeClock:
+    "Alternate start/stop reads; a stop read advances by the duration scheduled for the running case."
+    def __init__(self): self.t, self.next, self.reads = 0.0, 0.0, 0
+    def __call__(self):
+        self.reads += 1
+        if self.reads % 2 == 0: self.t += self.next
+        return self.t
+
+
+def test_interleaved_rotated_order_and_exact_times():
+    order, clock, calls = [], FakeClock(), {"a": 0, "b": 0, "c": 0}
+    dur = {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8], "c": [9, 10, 11, 12]}
+    def hook(name, r): order.append((r, name)); clock.next = dur[name][r]
+    def f(name): return lambda: calls.__setitem__(name, calls[name] + 1)
+    ts = time_cases({k: f(k) for k in "abc"}, repeats=4, warmup=2, timer=clock, on_call=hook)
+    assert [n for _, n in order] == list("abc" "bca" "cab" "abc")
+    assert calls == {"a": 6, "b": 6, "c": 6}                       # 2 warm-up + 4 timed each
+    assert ts == {k: [float(x) for x in v] for k, v in dur.items()}
+
+
+def test_summarize_median_and_iqr():
+    s = summarize([0.004, 0.001, 0.003, 0.002, 0.100])
+    assert s["time_ms"] == pytest.approx(3.0) and s["repeats"] == 5
+    assert s["iqr_ms"] == pytest.approx(4.0 - 2.0)
+    assert summarize([0.5]) == {"time_ms": 500.0, "iqr_ms": 0.0, "repeats": 1}
+
+
+def test_modes_forward_no_grad_and_backward_computes_grads():
+    x = torch.randn(5, requires_grad=True)
+    seen = []
+    def fn():
+        y = (x * 3).sum()
+        seen.append(y.requires_grad)
+        if y.requires_grad: y.register_hook(lambda g: seen.append(float(g)))
+        return y
+    run_case(Case(fn, (x,)), "fwd")
+    run_case(Case(fn, (x,)), "fwd+bwd")
+    assert seen == [False, True, 1.0] and x.grad is None          # grads returned, not accumulated
+    with pytest.raises(ValueError, match="requires_grad"): run_case(Case(lambda: x.sum()), "fwd+bwd")
+    with pytest.raises(ValueError, match="mode"): run_case(Case(fn, (x,)), "backward")
+
+
+def test_peak_memory_sees_torch_allocations():
+    if not reset_peak_rss(): pytest.skip("VmHWM reset not supported here (sampled fallback is a lower bound)")
+    big = peak_memory(lambda: torch.ones(96 * MiB // 4).add_(1).sum())
+    assert 95 * MiB <= big <= 130 * MiB
+    assert peak_memory(lambda: torch.ones(8).sum()) <= 4 * MiB
+    held = torch.ones(48 * MiB // 4)
+    assert peak_memory(lambda: held.sum()) <= 4 * MiB              # memory in use before the call is not counted
+    two = peak_memory(lambda: [torch.ones(32 * MiB // 4), torch.ones(32 * MiB // 4)])
+    assert 63 * MiB <= two <= 90 * MiB                             # simultaneous allocations add up
+
+
+def test_benchmark_rows_skip_errors_and_backward_only_with_inputs():
+    a = torch.randn(6, 4, requires_grad=True)
+    cases = {"ok": Case(lambda: a @ a.T, (a,)), "fwd_only": lambda: a.sum(), "none": None,
+             "broken": Case(lambda: a @ a, (a,))}
+    df = benchmark(cases, modes=("fwd", "fwd+bwd"), repeats=2, memory=False)
+    got = set(zip(df.case, df["mode"]))
+    assert got == {("ok", "fwd"), ("fwd_only", "fwd"), ("broken", "fwd"), ("ok", "fwd+bwd"), ("broken", "fwd+bwd")}
+    assert df.set_index(["case", "mode"]).loc[("broken", "fwd"), "error"].startswith("RuntimeError")
+    ok = df[df.case == "ok"]
+    assert (ok.repeats == 2).all() and (ok.time_ms > 0).all() and ok.error.isna().all()
+
+
+def test_sweep_adds_grid_columns_and_json_roundtrip(tmp_path):
+    def factory(n, m):
+        x = torch.randn(n, m)
+        return {"sum": lambda: x.sum(), "big": (lambda: x @ x.T) if n > 2 else None}
+    grid = [{"n": n, "m": m} for n in (2, 4) for m in (1, 3)]
+    df = sweep(factory, grid, repeats=1, progress=False)
+    assert len(df) == 4 + 2 and list(df.columns[:2]) == ["n", "m"]
+    assert sorted(df[df.case == "big"].n.unique()) == [4]
+    p = save_results(df, tmp_path / "sub" / "r.json", {"note": "x"})
+    back = load_results(p)
+    pd.testing.assert_frame_equal(back[["n", "m", "case"]], df[["n", "m", "case"]], check_dtype=False)
+    assert back.time_ms.tolist() == pytest.approx(df.time_ms.tolist())
+
+
+def test_ratios_and_crossover():
+    df = pd.DataFrame({"n": [1, 1, 2, 2], "mode": "fwd", "case": ["base", "x"] * 2, "time_ms": [2.0, 1.0, 4.0, 12.0]})
+    r = ratios(df, "base")
+    assert r[r.case == "x"].ratio.tolist() == [0.5, 3.0] and r[r.case == "base"].ratio.tolist() == [1.0, 1.0]
+    # fast loses at 1000 (2x slower) and wins at 4000 (2x faster): log-log midpoint = 2000
+    assert crossover([1000, 4000], [2.0, 1.0], [1.0, 2.0]) == pytest.approx(2000.0)
+    assert crossover([1, 2, 4], [1, 1, 1], [2, 0.5, 2]) == pytest.approx(2 ** 1.5)   # only the last win counts
+    assert crossover([1, 2], [1, 1], [2, 3]) == 1.0
+    assert crossover([1, 2], [3, 3], [2, 1]) is None
+
+
+def test_fft_floor_is_identity_roundtrip():
+    x = torch.randn(3, 5, 24, dtype=torch.float64)
+    torch.testing.assert_close(fft_floor(x), x, rtol=0, atol=1e-12)
