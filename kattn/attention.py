@@ -166,7 +166,7 @@ def _rpe_forward(fqT, fkT, v1T, spec, L, mc):
     for s in range(0, m, mc):
         k = min(mc, m - s)
         y = torch.fft.irfft(_spectral(buf, fkT, v1T, s, k, n).mul_(spec), n=L, dim=-1)
-        for r in range(k): out.addcmul_(y[r, :, :, :n], fqT[s + r, :, None, :])
+        out += (y[..., :n] * fqT[s:s + k, :, None, :]).sum(0)      # few large ops: no per-feature loop
     return out
 
 
@@ -185,12 +185,11 @@ def _rpe_backward(G, fqT, fkT, v1T, spec, L, mc, need):
         if S is not None: S += (A * P.conj()).sum((0, 2))
         if gq is not None:
             y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1)          # D = T (phi_k (x) v1)
-            for r in range(k): gq[s + r] = (y[r, :, :, :n] * G).sum(-2)
+            gq[s:s + k] = (y[..., :n] * G).sum(-2)
         if gk is not None or gv is not None:
             y = torch.fft.irfft(P.mul_(spec.conj()), n=L, dim=-1)   # T^T (phi_q (x) G)
-            for r in range(k):
-                if gk is not None: gk[s + r] = (y[r, :, :, :n] * v1T).sum(-2)
-                if gv is not None: gv.addcmul_(y[r, :, :, :n], fkT[s + r, :, None, :])
+            if gk is not None: gk[s:s + k] = (y[..., :n] * v1T).sum(-2)
+            if gv is not None: gv += (y[..., :n] * fkT[s:s + k, :, None, :]).sum(0)
     return gq, gk, gv, S
 
 

@@ -7,7 +7,7 @@ Docs: https://kattn.github.io/kattn/bench.html.md"""
 
 # %% auto #0
 __all__ = ['Case', 'run_case', 'time_cases', 'summarize', 'configure_malloc', 'rss_bytes', 'reset_peak_rss', 'peak_memory',
-           'benchmark', 'sweep', 'ratios', 'crossover', 'save_results', 'load_results', 'fft_floor']
+           'benchmark', 'sweep', 'single_shot', 'ratios', 'crossover', 'save_results', 'load_results', 'fft_floor']
 
 # %% ../nbs/10_bench.ipynb #6055776e
 import ctypes
@@ -147,6 +147,7 @@ def benchmark(cases: dict, # name -> Case (or callable, fwd only); None entries 
               device=None, # torch device for synchronisation and memory statistics
               **kw) -> pd.DataFrame: # columns case, mode, time_ms, iqr_ms, repeats, peak_mib, error
     "Time and peak memory of several cases, interleaved, after warm-up."
+    if memory and not _MALLOC["configured"]: configure_malloc()    # same allocator regime for every timing
     rows = []
     for mode in modes:
         live = {k: _as_case(v) for k, v in cases.items() if v is not None}
@@ -176,6 +177,20 @@ def sweep(factory: Callable, # (**point) -> dict of cases (None = skip at this p
         for key, val in reversed(point.items()): df.insert(0, key, val)
         frames.append(df); gc.collect()
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+# %% ../nbs/10_bench.ipynb #1b5c112c
+def single_shot(case, # Case or callable
+                mode: str = "fwd", # "fwd" or "fwd+bwd"
+                device=None, # torch device
+               ) -> dict: # time_ms, iqr_ms (0), repeats (1), peak_mib, error
+    "Time and peak memory of one call (for cases too slow to repeat)."
+    case, res = _as_case(case), {}
+    def go():
+        _sync(device); t0 = time.perf_counter(); run_case(case, mode); _sync(device)
+        res["t"] = time.perf_counter() - t0
+    try: peak = peak_memory(go, device)
+    except Exception as e: return {"error": f"{type(e).__name__}: {e}"[:300]}
+    return {**summarize([res["t"]]), "peak_mib": peak / 2 ** 20, "error": None}
 
 # %% ../nbs/10_bench.ipynb #abbf4cc9
 def ratios(df: pd.DataFrame, # rows from `benchmark`/`sweep`

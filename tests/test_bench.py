@@ -102,3 +102,12 @@ def test_ratios_and_crossover():
 def test_fft_floor_is_identity_roundtrip():
     x = torch.randn(3, 5, 24, dtype=torch.float64)
     torch.testing.assert_close(fft_floor(x), x, rtol=0, atol=1e-12)
+
+
+def test_single_shot_time_and_memory_from_one_call():
+    from kattn.bench import single_shot
+    calls = []
+    r = single_shot(lambda: calls.append(torch.ones(24 * MiB // 4).sum()))
+    assert len(calls) == 1 and r["repeats"] == 1 and r["time_ms"] > 0 and r["error"] is None
+    if reset_peak_rss(): assert 23 <= r["peak_mib"] <= 40
+    assert single_shot(lambda: torch.ones(2) @ torch.ones(3))["error"].startswith("RuntimeError")
