@@ -142,6 +142,7 @@ SUITE = [
     ("approx_error_randomized", {}),  # Zheng §5.1: RA / RFA / LARA / Performer MSE vs samples
     ("learned_kernels", {}),          # Chowdhury: learned spectral kernels on a generated task
     ("train_smoke", {}),              # tiny causal LM, three attention variants
+    ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
 ]
 
 # %% ../nbs/11_runner.ipynb #b4ce4b5a
