@@ -183,6 +183,11 @@ def _parser():
 # %% ../nbs/11_runner.ipynb #f58379ac
 def main(argv=None) -> int:
     "Entry point of the `kattn` console script."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["data"]:                # everything after `data` (including -h) belongs to kattn.data.fetch
+        from kattn.data.fetch import cli_main
+        try: return cli_main(argv[1:])
+        except (ValueError, RuntimeError) as e: print(f"kattn data: error: {e}", file=sys.stderr); return 2 if isinstance(e, ValueError) else 1
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "run":
@@ -194,9 +199,6 @@ def main(argv=None) -> int:
         elif a.cmd == "site": build_site()
         elif a.cmd == "list":
             for n in list_experiments(): print(n, notebook_parameters(experiments_dir() / f"{n}.ipynb"))
-        elif a.cmd == "data":
-            from kattn.data.fetch import cli_main
-            return cli_main(a.rest)
     except (ValueError, RuntimeError) as e:
         print(f"kattn {a.cmd}: error: {e}", file=sys.stderr); return 2 if isinstance(e, ValueError) else 1
     return 0

@@ -65,6 +65,15 @@ def test_cli_errors_exit_nonzero():
     assert r.returncode == 2 and "valid experiments:" in r.stderr and "toeplitz_fft" in r.stderr
 
 
+def test_data_subcommand_help_reaches_the_data_cli():
+    r = subprocess.run([sys.executable, "-c", "import sys; from kattn.runner import main; sys.exit(main(['data', '-h']))"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "kattn data" in r.stdout and "fetch" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-c", "import sys; from kattn.runner import main; sys.exit(main(['data', 'fetch', 'no-such-set']))"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "no-such-set" in r.stderr
+
+
 def test_suite_names_exist_and_templates_default_to_smoke():
     names = runner.list_experiments(ROOT)
     for name, params in runner.SUITE:
