@@ -82,9 +82,9 @@ def pow2cast(x: float) -> int:
 
 def official_num_features(name: str, # a registry name, e.g. "gmm_rks"
                           head_dim: int, # d
-                          task: str = "text", # "text" | "listops" | "retrieval" (spec §2.2)
+                          task: str = "text", # "text" | "listops" | "retrieval" (the official task configurations)
                          ) -> int: # num_features (R or M) the official code uses
-    "Default feature counts of the official code (spec §1.3-1.7, §2.2), without the max_len cap."
+    "Default feature counts of the official code, without the max_len cap."
     tasks = ("text", "listops", "retrieval")
     if task not in tasks: raise ValueError(f"task must be one of {tasks}, got {task!r}")
     p = pow2cast(head_dim * math.log(head_dim)) if head_dim > 1 else 1
@@ -154,7 +154,7 @@ class GMMRandomFeatures(_LearnedMap):
         self.register_draws()
 
     @torch.no_grad()
-    def reset_parameters(self, init: str = "official"): # "official" (xavier, spec) | "gaussian" (mu=0, Sigma=I)
+    def reset_parameters(self, init: str = "official"): # "official" (xavier, as the code) | "gaussian" (mu=0, Sigma=I)
         "Initialise mean and covariance parameters."
         cov = self.factor if self.covariance == "full" else self.log_var
         if init == "official":

@@ -146,7 +146,7 @@ def fig1b_errors(R: float, # norm of the query and keys
         out.append(l1_error(rf_attention_row(q, k, w, kind, bias), exact_attention_row(q, k, bias)))
     return torch.cat(out)
 
-FIG1B_PAPER = {1: {4: 0.50, 16: 0.33, 64: 0.20, 256: 0.10, 1024: 0.05},   # Luo Fig. 1b, read off the plot (spec §3.2)
+FIG1B_PAPER = {1: {4: 0.50, 16: 0.33, 64: 0.20, 256: 0.10, 1024: 0.05},   # Luo Fig. 1b, read off the plot
                2: {4: 1.2, 16: 1.0, 64: 1.27, 256: 0.5, 1024: 0.4},
                4: {4: 1.78, 16: 1.82, 64: 1.72, 256: 1.62, 1024: 1.62},
                8: {4: 2.0, 16: 2.0, 64: 2.0, 256: 2.0, 1024: 2.0}}

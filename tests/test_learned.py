@@ -172,7 +172,7 @@ def test_generative_mc_kernel_matches_its_frequencies():
     w = fm.frequencies()
     assert torch.allclose((fm(x) * fm(y)).sum(-1), torch.cos((x - y) @ w.T).mean(-1) + 1.0, atol=1e-12)
     k = implied_kernel(fm, x, y, num_draws=8, generator=g)
-    assert (k >= -1e-12).all() and (k <= 2 + 1e-12).all()      # [0, 2] with s = 1 (spec section 2.3)
+    assert (k >= -1e-12).all() and (k <= 2 + 1e-12).all()      # [0, 2] with s = 1 (FastFood/generator RKS range)
     assert torch.equal(fm.frequencies(), w)                      # stored draw restored
 
 

@@ -57,7 +57,7 @@ def test_rf_row_approaches_exact(kind):
 
 
 def test_fig1b_regression_r1_and_r8():
-    # spec §7.3: R=1, m=1024 -> ~0.05; R=8 -> ~2 (saturated). Per-trial sd at R=1, m=1024 is ~0.005.
+    # Luo Fig. 1b: R=1, m=1024 -> ~0.05; R=8 -> ~2 (saturated). Per-trial sd at R=1, m=1024 is ~0.005.
     g = torch.Generator().manual_seed(0)
     e1 = fig1b_errors(1.0, 1024, trials=4, generator=g)
     assert abs(e1.mean().item() - FIG1B_PAPER[1][1024]) < 0.3 * FIG1B_PAPER[1][1024]
