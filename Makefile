@@ -16,7 +16,12 @@ FLAGS ?=
 help:
 	@echo "make reproduce | make test | make site | make data | make lab | make export"
 
-$(STAMP): pyproject.toml
+# nbdev-export rewrites pyproject.toml with the same content; reinstall only when its content changes.
+PYHASH := $(VENV)/.pyproject.sha256
+$(PYHASH): pyproject.toml
+	@mkdir -p $(VENV); sha256sum pyproject.toml | cmp -s - $@ 2>/dev/null || sha256sum pyproject.toml > $@
+
+$(STAMP): $(PYHASH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
