@@ -176,20 +176,19 @@ def _parser():
     rp.add_argument("--preset", choices=PRESETS); rp.add_argument("--no-site", action="store_true")
     sub.add_parser("site", help="build the website into _site/")
     sub.add_parser("list", help="list experiments and their parameters")
-    d = sub.add_parser("data", help="dataset cache commands (see `kattn data -h`)", add_help=False)
-    d.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("data", help="dataset cache commands (see `kattn data -h`)", add_help=False)
     return p
 
 # %% ../nbs/11_runner.ipynb #f58379ac
 def main(argv=None) -> int:
     "Entry point of the `kattn` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["data"]:                # everything after `data` (including -h) belongs to kattn.data.fetch
-        from kattn.data.fetch import cli_main
-        try: return cli_main(argv[1:])
-        except (ValueError, RuntimeError) as e: print(f"kattn data: error: {e}", file=sys.stderr); return 2 if isinstance(e, ValueError) else 1
-    a = _parser().parse_args(argv)
+    # everything after `data` (including -h) belongs to kattn.data.fetch, so it bypasses this parser
+    a = argparse.Namespace(cmd="data") if argv[:1] == ["data"] else _parser().parse_args(argv)
     try:
+        if a.cmd == "data":
+            from kattn.data.fetch import cli_main
+            return cli_main(argv[1:])
         if a.cmd == "run":
             rec = run_experiment(a.name, a.preset, {k: parse_value(v) for k, v in a.param})
             print(f"wrote {get_config().runs_dir / a.name / rec['notebook']} (+ .json) in {rec['wall_time_s']} s")
