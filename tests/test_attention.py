@@ -302,3 +302,36 @@ def test_rpe_backward_with_checkpointed_chunks_equals_single_chunk():
         out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], memory_budget=budget)
         return torch.autograd.grad(out.pow(2).sum(), leaves)
     for a, r in zip(grads(1), grads(2 ** 30)): torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
+
+
+def test_rpe_block_plans():
+    from kattn.attention import _rpe_blocks
+    row = 2 * 72 * 8                                   # one (feature, column) signal: B = 2, L = 72, float64
+    plan = lambda cap, units=1, budget=2 ** 40: _rpe_blocks(6, 2, 5, 72, 8, budget, units, cap)
+    assert [plan(row * p) for p in (1, 3, 5, 10, 20, 10 ** 6)] == [(1, 1), (1, 3), (1, 5), (2, 5), (4, 5), (6, 5)]
+    assert plan(None, units=4, budget=4 * row * 10) == (2, 5)            # no cap: the budget alone decides
+    assert plan(row * 20, units=4, budget=4 * row * 3) == (1, 3)         # the smaller of budget/units and the cap
+    assert plan(1) == (1, 1)                                             # never below one signal per block
+
+
+@pytest.mark.parametrize("pairs", [1, 3, 5, 10, 20])
+@pytest.mark.parametrize("causal", [False, True])
+def test_rpe_blocks_of_features_and_columns_equal_naive(pairs, causal):
+    # n = 33 -> L = 72, B = 2, d_v + 1 = 5 columns, m = 6 features: the plans above, remainders included
+    phi_q, phi_k, v, b, mask = case(33, m=6, dv=4, batch=(2, 1), seed=11)
+    kw = dict(causal=causal, key_padding_mask=mask)
+    leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
+    fast = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], block_bytes=2 * 72 * 8 * pairs, **kw)
+    ref_leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
+    ref = naive_kernelized_attention(*ref_leaves[:3], rpe_bias=ref_leaves[3], **kw)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+    gout = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad((fast * gout).sum(), leaves), torch.autograd.grad((ref * gout).sum(), ref_leaves)):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "16M"])
+def test_memory_budget_and_block_bytes_must_be_positive_ints(bad):
+    phi_q, phi_k, v, b, _ = case(4)
+    for name in ("memory_budget", "block_bytes"):
+        with pytest.raises(ValueError, match=name): kernelized_attention(phi_q, phi_k, v, rpe_bias=b, **{name: bad})

@@ -4,7 +4,7 @@ import pytest
 import torch
 import pandas as pd
 from kattn.bench import (Case, run_case, time_cases, summarize, peak_memory, benchmark, sweep, ratios, crossover,
-                         save_results, load_results, fft_floor, reset_peak_rss)
+                         malloc_regime, save_results, load_results, fft_floor, reset_peak_rss)
 
 MiB = 2 ** 20
 
@@ -111,3 +111,27 @@ def test_single_shot_time_and_memory_from_one_call():
     assert len(calls) == 1 and r["repeats"] == 1 and r["time_ms"] > 0 and r["error"] is None
     if reset_peak_rss(): assert 23 <= r["peak_mib"] <= 40
     assert single_shot(lambda: torch.ones(2) @ torch.ones(3))["error"].startswith("RuntimeError")
+
+
+@pytest.mark.parametrize("block_bytes", [1, 8 * 24 * 2, 8 * 24 * 4, 10 ** 7])
+def test_blocked_fft_floor_round_trips_every_row(block_bytes):
+    # 15 rows of L = 24 in float64: 1, 2 and 4 rows per block (the last block shorter), or all at once
+    x = torch.randn(3, 5, 24, dtype=torch.float64)
+    out = torch.full_like(x, float("nan"))
+    assert fft_floor(x, block_bytes, out=out) is out
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+    assert fft_floor(x, block_bytes) is None                       # blocked and no `out`: computed and dropped
+    with pytest.raises(ValueError, match="block_bytes"): fft_floor(x, 0)
+    with pytest.raises(ValueError, match="out"): fft_floor(x, 64, out=torch.empty(3, 24))
+
+
+def test_malloc_regimes_switch_and_peak_memory_restores_the_timing_regime():
+    import kattn.bench as kb
+    assert malloc_regime("steady") and kb._MALLOC["regime"] == "steady"
+    if reset_peak_rss():                                           # 8 MiB < the steady 32 MiB threshold, still measured
+        assert 7 * MiB <= peak_memory(lambda: torch.ones(8 * MiB // 4).sum()) <= 20 * MiB
+    assert kb._MALLOC["regime"] == "steady"                        # peak_memory ran under "exact", then switched back
+    df = benchmark({"sum": lambda: torch.ones(10).sum()}, repeats=1, malloc="exact")
+    assert kb._MALLOC["regime"] == "exact" and df.time_ms.iloc[0] > 0
+    with pytest.raises(ValueError, match="kind"): malloc_regime("fast")
+    malloc_regime("steady")
