@@ -150,11 +150,15 @@ def _rpe_layout(t, batch, first):
 
 RPE_CPU_BLOCK_BYTES = 2 ** 24   # one real FFT block on CPU: cache-sized blocks run the FFTs about 2x faster
 
+def _even(total, most):
+    "The size of ceil(total / most) near-equal parts of `total` (no sliver of a remainder block)."
+    return -(-total // -(-total // most))
+
 def _rpe_blocks(m, B, dv, L, esize, budget, units, block_bytes):
     "(features, value columns) per block: `units` real [k, B, w, L] buffers fit `budget`, one fits `block_bytes`."
     cap = budget // units if block_bytes is None else min(budget // units, block_bytes)
     pairs = max(1, cap // max(B * L * esize, 1))          # (feature, column) signals per block, whole batch each
-    return (max(1, min(m, pairs // dv)), dv) if pairs >= dv else (1, pairs)
+    return (_even(m, min(m, pairs // dv)), dv) if pairs >= dv else (1, _even(dv, pairs))
 
 def _block_buffer(bufs, like, k, B, w, L):
     "A zeroed [k, B, w, L] buffer per block shape, reused: only [..., :n] is ever written, so the tail stays zero."

@@ -307,8 +307,10 @@ def test_rpe_backward_with_checkpointed_chunks_equals_single_chunk():
 def test_rpe_block_plans():
     from kattn.attention import _rpe_blocks
     row = 2 * 72 * 8                                   # one (feature, column) signal: B = 2, L = 72, float64
-    plan = lambda cap, units=1, budget=2 ** 40: _rpe_blocks(6, 2, 5, 72, 8, budget, units, cap)
-    assert [plan(row * p) for p in (1, 3, 5, 10, 20, 10 ** 6)] == [(1, 1), (1, 3), (1, 5), (2, 5), (4, 5), (6, 5)]
+    plan = lambda cap, units=1, budget=2 ** 40, m=7, dv=5: _rpe_blocks(m, 2, dv, 72, 8, budget, units, cap)
+    assert [plan(row * p) for p in (1, 3, 5, 10, 20, 10 ** 6)] == [(1, 1), (1, 3), (1, 5), (2, 5), (4, 5), (7, 5)]
+    assert plan(row * 15) == (3, 5) and plan(row * 15, m=6) == (3, 5) and plan(row * 20, m=6) == (3, 5)   # even split
+    assert plan(row * 32, dv=65) == (1, 22) and plan(row * 64, dv=65) == (1, 33)    # 22+22+21, 33+32: no 1-wide sliver
     assert plan(None, units=4, budget=4 * row * 10) == (2, 5)            # no cap: the budget alone decides
     assert plan(row * 20, units=4, budget=4 * row * 3) == (1, 3)         # the smaller of budget/units and the cap
     assert plan(1) == (1, 1)                                             # never below one signal per block
@@ -317,8 +319,8 @@ def test_rpe_block_plans():
 @pytest.mark.parametrize("pairs", [1, 3, 5, 10, 20])
 @pytest.mark.parametrize("causal", [False, True])
 def test_rpe_blocks_of_features_and_columns_equal_naive(pairs, causal):
-    # n = 33 -> L = 72, B = 2, d_v + 1 = 5 columns, m = 6 features: the plans above, remainders included
-    phi_q, phi_k, v, b, mask = case(33, m=6, dv=4, batch=(2, 1), seed=11)
+    # n = 33 -> L = 72, B = 2, d_v + 1 = 5 columns, m = 7 features: the plans above, remainders included
+    phi_q, phi_k, v, b, mask = case(33, m=7, dv=4, batch=(2, 1), seed=11)
     kw = dict(causal=causal, key_padding_mask=mask)
     leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
     fast = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], block_bytes=2 * 72 * 8 * pairs, **kw)
