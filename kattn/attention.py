@@ -179,7 +179,7 @@ def _rpe_forward(fqT, fkT, v1T, spec, L, blocks):
         for e0 in range(0, dv, ec):
             w = min(ec, dv - e0)
             A = _spectral(_block_buffer(bufs, fqT, k, B, w, L), fkT[s:s + k], v1T[:, e0:e0 + w], n)
-            y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1)[..., :n]
+            y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1, norm="forward")[..., :n]   # 1/L is inside spec
             if k == 1: out[:, e0:e0 + w].addcmul_(y[0], q[0])
             else: out[:, e0:e0 + w] += (y * q).sum(0)
     return out
@@ -201,10 +201,10 @@ def _rpe_backward(G, fqT, fkT, v1T, spec, L, blocks, need):
             P = _spectral(_block_buffer(bp, fqT, k, B, w, L), fqT[s:s + k], cg, n)   # rfft(phi_q (x) G)
             if S is not None: S += (A * P.conj()).sum((0, 2))
             if gq is not None:
-                y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1)[..., :n]             # D = T (phi_k (x) v1)
+                y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1, norm="forward")[..., :n]   # D = T (phi_k (x) v1)
                 gq[s:s + k] += (y * cg).sum(-2)
             if gk is not None or gv is not None:
-                y = torch.fft.irfft(P.mul_(spec_t), n=L, dim=-1)[..., :n]           # T^T (phi_q (x) G)
+                y = torch.fft.irfft(P.mul_(spec_t), n=L, dim=-1, norm="forward")[..., :n] # T^T (phi_q (x) G)
                 if gk is not None: gk[s:s + k] += (y * cv).sum(-2)
                 if gv is not None: gv[:, e0:e0 + w] += (y * fkT[s:s + k, :, None, :]).sum(0)
     return gq, gk, gv, S
@@ -218,7 +218,7 @@ class _RPEToeplitz(torch.autograd.Function):
         batch = torch.broadcast_shapes(fq.shape[:-2], fk.shape[:-2], v1.shape[:-2], c.shape[:-1])
         n, m, dv = fk.shape[-2], fk.shape[-1], v1.shape[-1]
         L = fft_length(n)
-        spec = toeplitz_spectrum(c, L, causal)                     # once per distinct bias row (e.g. per head)
+        spec = toeplitz_spectrum(c, L, causal) / L                 # once per distinct bias row (e.g. per head)
         spec = spec.expand(*batch, spec.shape[-1]).reshape(-1, spec.shape[-1])[None, :, None, :]
         fqT, fkT, v1T = _rpe_layout(fq, batch, True), _rpe_layout(fk, batch, True), _rpe_layout(v1, batch, False)
         out = _rpe_forward(fqT, fkT, v1T, spec, L, _rpe_blocks(m, v1T.shape[0], dv, L, fq.element_size(), budget, 4, block_bytes))

@@ -256,11 +256,11 @@ def load_results(path) -> pd.DataFrame:
 def fft_floor(x: Tensor, # [..., cols, L] contiguous real signals, already zero-padded to L
               block_bytes: int | None = None, # None: one call on the whole tensor; else blocks of rows this large
               out: Tensor | None = None, # where blocked round trips are written (None: computed and dropped)
-             ) -> Tensor | None: # [..., cols, L] round trip (whole-tensor mode, or `out`)
-    "The bare rfft + irfft along the last dimension (the cost floor of an FFT Toeplitz product)."
+             ) -> Tensor | None: # [..., cols, L] round trip L * x (whole-tensor mode, or `out`)
+    "The bare unnormalized rfft + irfft along the last dimension (the cost floor of an FFT Toeplitz product)."
     L = x.shape[-1]
     if block_bytes is None:
-        y = torch.fft.irfft(torch.fft.rfft(x, dim=-1), n=L, dim=-1)
+        y = torch.fft.irfft(torch.fft.rfft(x, dim=-1), n=L, dim=-1, norm="forward")
         return y if out is None else out.copy_(y)
     if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
         raise ValueError(f"block_bytes must be a positive int or None, got {block_bytes!r}")
@@ -268,6 +268,6 @@ def fft_floor(x: Tensor, # [..., cols, L] contiguous real signals, already zero-
     rows, per = x.reshape(-1, L), max(1, block_bytes // (L * x.element_size()))
     dest = None if out is None else out.view(-1, L)
     for i in range(0, rows.shape[0], per):
-        y = torch.fft.irfft(torch.fft.rfft(rows[i:i + per], dim=-1), n=L, dim=-1)
+        y = torch.fft.irfft(torch.fft.rfft(rows[i:i + per], dim=-1), n=L, dim=-1, norm="forward")
         if dest is not None: dest[i:i + per] = y
     return out

@@ -101,7 +101,7 @@ def test_ratios_and_crossover():
 
 def test_fft_floor_is_identity_roundtrip():
     x = torch.randn(3, 5, 24, dtype=torch.float64)
-    torch.testing.assert_close(fft_floor(x), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fft_floor(x), x * 24, rtol=0, atol=1e-12)        # unnormalized: L * x
 
 
 def test_single_shot_time_and_memory_from_one_call():
@@ -119,7 +119,7 @@ def test_blocked_fft_floor_round_trips_every_row(block_bytes):
     x = torch.randn(3, 5, 24, dtype=torch.float64)
     out = torch.full_like(x, float("nan"))
     assert fft_floor(x, block_bytes, out=out) is out
-    torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, x * 24, rtol=0, atol=1e-12)
     assert fft_floor(x, block_bytes) is None                       # blocked and no `out`: computed and dropped
     with pytest.raises(ValueError, match="block_bytes"): fft_floor(x, 0)
     with pytest.raises(ValueError, match="out"): fft_floor(x, 64, out=torch.empty(3, 24))
