@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 from .toeplitz import toeplitz_matmul, fft_length, toeplitz_spectrum
+from .features import _check_pos_int
 
 # %% ../nbs/02_attention.ipynb #af057a2a
 def _check_tensor(name, t, dtype_kind="float"):
@@ -277,12 +278,8 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
                         ) -> Tensor: # [..., n_q, d_v]
     "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j; FFT when rpe_bias is given."
     _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    for name, val in (("memory_budget", memory_budget), ("block_bytes", block_bytes)):
-        if val is None and name == "block_bytes": continue
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be a positive int (bytes), got {val!r}")
+    _check_pos_int("chunk_size", chunk_size); _check_pos_int("memory_budget", memory_budget)
+    _check_pos_int("block_bytes", block_bytes, allow_none=True)
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)

@@ -86,7 +86,7 @@ def summarize(ts: list, # seconds
     return {"time_ms": statistics.median(ms), "iqr_ms": q[2] - q[0], "repeats": len(ms)}
 
 # %% ../nbs/10_bench.ipynb #56bf0353
-_MALLOC = {"configured": False, "regime": None}
+_MALLOC = {"regime": None}
 _REGIMES = {"exact": (1 << 20, 128 << 10),    # freed blocks >= 1 MiB go back to the kernel: exact RSS peaks
             "steady": (32 << 20, 64 << 20)}   # where glibc's adaptive thresholds settle in a long-running process
 
@@ -98,7 +98,7 @@ def configure_malloc(threshold: int = 1 << 20, # bytes; blocks at least this lar
     except OSError: return False
     ok = bool(libc.mallopt(-3, int(threshold)))            # M_MMAP_THRESHOLD = -3
     if trim is not None: ok = ok and bool(libc.mallopt(-1, int(trim)))   # M_TRIM_THRESHOLD = -1
-    _MALLOC.update(configured=ok, libc=libc, regime=None)
+    _MALLOC.update(libc=libc, regime=None)
     return ok
 
 def malloc_regime(kind: str, # "exact" (peak memory) or "steady" (timing)

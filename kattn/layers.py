@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures
+from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures, _check_pos_int
 from .attention import softmax_attention, kernelized_attention, rpe_matrix
 from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRandomizedAttention
 from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
@@ -41,10 +41,6 @@ def t5_buckets(offset: Tensor, # integer offsets j - i
     return ret + torch.where(n < max_exact, n, large)
 
 # %% ../nbs/06_layers.ipynb #530a5e96
-def _check_pos_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-
 class RelativePositionBias(nn.Module):
     "Learnable b_{j-i} per head (Luo Eq. 6, T5): forward(n) -> [num_heads, 2n-1]; share one instance across layers."
     def __init__(self, num_heads: int, # H
