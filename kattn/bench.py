@@ -7,8 +7,8 @@ Docs: https://kattn.github.io/kattn/bench.html.md"""
 
 # %% auto #0
 __all__ = ['Case', 'run_case', 'time_cases', 'summarize', 'configure_malloc', 'malloc_regime', 'rss_bytes', 'reset_peak_rss',
-           'peak_memory', 'benchmark', 'sweep', 'single_shot', 'ratios', 'crossover', 'save_results', 'load_results',
-           'fft_floor']
+           'peak_memory', 'benchmark', 'sweep', 'single_shot', 'ratios', 'paired_ratio', 'crossover', 'save_results',
+           'load_results', 'fft_floor']
 
 # %% ../nbs/10_bench.ipynb #6055776e
 import ctypes
@@ -81,9 +81,13 @@ def time_cases(cases: dict, # name -> Case or callable
 def summarize(ts: list, # seconds
              ) -> dict: # median and interquartile range in ms
     "Median and IQR (ms) of a list of times."
-    ms = sorted(t * 1e3 for t in ts)
-    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
-    return {"time_ms": statistics.median(ms), "iqr_ms": q[2] - q[0], "repeats": len(ms)}
+    ms = [t * 1e3 for t in ts]
+    q = _quartiles(ms)
+    return {"time_ms": q[1], "iqr_ms": q[2] - q[0], "repeats": len(ms)}
+
+def _quartiles(xs): # non-empty numbers
+    "First quartile, median, third quartile (inclusive method; one value: itself three times)."
+    return statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
 
 # %% ../nbs/10_bench.ipynb #56bf0353
 _MALLOC = {"regime": None}
@@ -164,7 +168,7 @@ def benchmark(cases: dict, # name -> Case (or callable, fwd only); None entries 
               memory: bool = True, # also measure peak memory (one extra call per case and mode)
               device=None, # torch device for synchronisation and memory statistics
               malloc: str | None = "steady", # glibc regime for the timings (see `malloc_regime`); None leaves it
-              **kw) -> pd.DataFrame: # columns case, mode, time_ms, iqr_ms, repeats, peak_mib, error
+              **kw) -> pd.DataFrame: # columns case, mode, time_ms, iqr_ms, repeats, times_ms, peak_mib, error
     "Time and peak memory of several cases, interleaved, after warm-up."
     if malloc is not None: malloc_regime(malloc)                 # same allocator regime for every timing
     rows = []
@@ -179,7 +183,7 @@ def benchmark(cases: dict, # name -> Case (or callable, fwd only); None entries 
         for k in cases:
             if k in errors: rows.append({"case": k, "mode": mode, "error": errors[k]}); continue
             if k not in live: continue
-            row = {"case": k, "mode": mode, **summarize(times[k]), "error": None}
+            row = {"case": k, "mode": mode, **summarize(times[k]), "times_ms": [t * 1e3 for t in times[k]], "error": None}
             if memory: row["peak_mib"] = peak_memory(lambda: run_case(live[k], mode), device) / 2 ** 20
             rows.append(row)
     return pd.DataFrame(rows)
@@ -223,6 +227,16 @@ def ratios(df: pd.DataFrame, # rows from `benchmark`/`sweep`
     out = df.merge(base, on=keys, how="inner")
     out["ratio"] = out[value] / out["_base"]
     return out[keys + ["case", "ratio"]]
+
+def paired_ratio(times: list, # per-round times of the case (any unit), in round order
+                 base_times: list, # the baseline's times in the same rounds and unit
+                ) -> dict: # median, q1, q3 of times[r] / base_times[r], and the number of rounds
+    "Median and quartiles of the per-round ratios of two cases timed in the same interleaved rounds."
+    a, b = list(times), list(base_times)
+    if not a or len(a) != len(b): raise ValueError(f"times and base_times must be non-empty and of equal length, got {len(a)} and {len(b)}")
+    if any(not (t > 0) for t in a + b): raise ValueError("times and base_times must be positive")
+    q = _quartiles([x / y for x, y in zip(a, b)])
+    return {"median": q[1], "q1": q[0], "q3": q[2], "rounds": len(a)}
 
 def crossover(n, # lengths, increasing
               t_fast, # times of the candidate

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import pandas as pd
-from kattn.bench import (Case, run_case, time_cases, summarize, peak_memory, benchmark, sweep, ratios, crossover,
+from kattn.bench import (Case, run_case, time_cases, summarize, peak_memory, benchmark, sweep, ratios, crossover, paired_ratio,
                          malloc_regime, save_results, load_results, fft_floor, reset_peak_rss)
 
 MiB = 2 ** 20
@@ -34,6 +34,20 @@ def test_summarize_median_and_iqr():
     assert s["time_ms"] == pytest.approx(3.0) and s["repeats"] == 5
     assert s["iqr_ms"] == pytest.approx(4.0 - 2.0)
     assert summarize([0.5]) == {"time_ms": 500.0, "iqr_ms": 0.0, "repeats": 1}
+
+
+def test_benchmark_keeps_round_times_and_paired_ratio_divides_within_rounds():
+    clock = FakeClock()
+    dur = {"fast": [0.010, 0.030, 0.020, 0.040], "base": [0.008, 0.020, 0.020, 0.025]}
+    def hook(name, r): clock.next = dur[name][r]
+    df = benchmark({k: (lambda: None) for k in dur}, repeats=4, memory=False, timer=clock, on_call=hook).set_index("case")
+    assert df.loc["fast", "times_ms"] == pytest.approx([10, 30, 20, 40]) and df.loc["base", "times_ms"] == pytest.approx([8, 20, 20, 25])
+    pr = paired_ratio(df.loc["fast", "times_ms"], df.loc["base", "times_ms"])   # per round: 1.25, 1.5, 1.0, 1.6
+    assert (pr["median"], pr["q1"], pr["q3"], pr["rounds"]) == pytest.approx((1.375, 1.1875, 1.525, 4))
+    # the ratio of medians (25 / 20 = 1.25) differs: drift common to both cases cancels only within a round
+    assert df.loc["fast", "time_ms"] / df.loc["base", "time_ms"] == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="equal length"): paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"): paired_ratio([1.0, -1.0], [1.0, 1.0])
 
 
 def test_modes_forward_no_grad_and_backward_computes_grads():
