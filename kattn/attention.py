@@ -183,6 +183,7 @@ def _rpe_forward(fqT, fkT, v1T, spec, L, blocks):
             y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1, norm="forward")[..., :n]   # 1/L is inside spec
             if k == 1: out[:, e0:e0 + w].addcmul_(y[0], q[0])
             else: out[:, e0:e0 + w] += (y * q).sum(0)
+            del A, y                        # freed before the next block: its transforms reuse these allocations
     return out
 
 
@@ -204,10 +205,12 @@ def _rpe_backward(G, fqT, fkT, v1T, spec, L, blocks, need):
             if gq is not None:
                 y = torch.fft.irfft(A.mul_(spec), n=L, dim=-1, norm="forward")[..., :n]   # D = T (phi_k (x) v1)
                 gq[s:s + k] += (y * cg).sum(-2)
+            A = y = None                    # freed before the next transform: it reuses these allocations
             if gk is not None or gv is not None:
                 y = torch.fft.irfft(P.mul_(spec_t), n=L, dim=-1, norm="forward")[..., :n] # T^T (phi_q (x) G)
                 if gk is not None: gk[s:s + k] += (y * cv).sum(-2)
                 if gv is not None: gv[:, e0:e0 + w] += (y * fkT[s:s + k, :, None, :]).sum(0)
+            P = y = None
     return gq, gk, gv, S
 
 
