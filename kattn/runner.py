@@ -6,7 +6,7 @@ Docs: https://kattn.github.io/kattn/runner.html.md"""
 
 # %% auto #0
 __all__ = ['SUITE', 'environment', 'save_metrics', 'experiments_dir', 'list_experiments', 'parse_value', 'notebook_parameters',
-           'make_slug', 'run_experiment', 'reproduce', 'build_site', 'main']
+           'make_slug', 'run_experiment', 'export_script', 'reproduce', 'build_site', 'main']
 
 # %% ../nbs/11_runner.ipynb #37e07b57
 import argparse
@@ -135,6 +135,33 @@ def run_experiment(name: str, # template name in nbs/experiments
     (out / f"{slug}.failed.ipynb").unlink(missing_ok=True)
     return record
 
+# %% ../nbs/11_runner.ipynb #7a3f9b12
+def export_script(name: str, # template name in nbs/experiments
+                  preset: str = None, # smoke, cpu or paper (default: settings.ini / KATTN_PRESET)
+                  params: dict = None, # parameter overrides
+                  dest=None, # the .py to write (default: NAME__SLUG.py in the current folder)
+                  root=None, # project root
+                 ) -> Path: # the script written
+    "The experiment as a plain Python script with its parameters set, for machines without papermill or Jupyter."
+    path, defaults, params = _resolve(name, preset, params, root)
+    code = []
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "code": continue
+        src = "".join(cell["source"])
+        if re.search(r"^\s*[%!]", src, re.M):
+            raise ValueError(f"{path.name}: a cell uses an IPython magic or shell escape, which a script cannot run")
+        code.append(src)
+        if "parameters" in cell.get("metadata", {}).get("tags", []):      # _resolve found this cell
+            code.append("# parameters set by kattn.runner.export_script\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    slug = make_slug(params["preset"], {k: v for k, v in params.items() if k != "preset"})
+    commit = _git("rev-parse", "--short", "HEAD", cwd=path.parent) or "unknown"
+    head = (f'"""kattn experiment {name!r} ({slug}), exported from {path.name} at commit {commit}.\n'
+            'Run from the project root: KATTN_METRICS_PATH=metrics.json python3 THIS_FILE"""\n'
+            'import matplotlib\nmatplotlib.use("Agg")')
+    dest = Path(dest or f"{name}__{slug}.py")
+    dest.write_text("\n\n".join([head, *code]) + "\n")
+    return dest
+
 # %% ../nbs/11_runner.ipynb #287453d7
 SUITE = [
     ("toeplitz_fft", {}),             # Toeplitz/FFT product vs dense (Luo §3.2)
@@ -172,6 +199,9 @@ def _parser():
     r = sub.add_parser("run", help="execute nbs/experiments/NAME.ipynb into runs/NAME/")
     r.add_argument("name"); r.add_argument("--preset", choices=PRESETS)
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    s = sub.add_parser("script", help="write nbs/experiments/NAME.ipynb as a plain Python script (no papermill needed)")
+    s.add_argument("name"); s.add_argument("--preset", choices=PRESETS); s.add_argument("-o", "--output", default=None)
+    s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     rp = sub.add_parser("reproduce", help="run the experiment suite, then build the site")
     rp.add_argument("--preset", choices=PRESETS); rp.add_argument("--no-site", action="store_true")
     sub.add_parser("site", help="build the website into _site/")
@@ -192,6 +222,8 @@ def main(argv=None) -> int:
         if a.cmd == "run":
             rec = run_experiment(a.name, a.preset, {k: parse_value(v) for k, v in a.param})
             print(f"wrote {get_config().runs_dir / a.name / rec['notebook']} (+ .json) in {rec['wall_time_s']} s")
+        elif a.cmd == "script":
+            print(f"wrote {export_script(a.name, a.preset, {k: parse_value(v) for k, v in a.param}, a.output)}")
         elif a.cmd == "reproduce":
             failed = reproduce(a.preset, site=not a.no_site)
             if failed: print(f"{len(failed)} experiment(s) failed: {[n for n, _ in failed]}", file=sys.stderr); return 1

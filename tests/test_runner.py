@@ -1,5 +1,5 @@
 "kattn.runner: papermill runs into runs/ atomically, with provenance; CLI errors; suite registry."
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
@@ -57,6 +57,29 @@ def test_unknown_name_and_parameter_list_valid_ones(tmp_path):
         runner.run_experiment("nope", root=root)
     with pytest.raises(ValueError, match=r"valid parameters: \['fail', 'preset', 'x'\]"):
         runner.run_experiment("tiny", params={"z": 1}, root=root)
+
+
+def test_export_script_runs_without_papermill_and_writes_metrics(tmp_path, monkeypatch):
+    root = make_project(tmp_path, BODY)
+    dest = runner.export_script("tiny", preset="cpu", params={"x": 5}, dest=tmp_path / "tiny.py", root=root)
+    text = dest.read_text()
+    assert "x = 5" in text and "preset = 'cpu'" in text and 'matplotlib.use("Agg")' in text
+    assert text.index("x = 2") < text.index("x = 5") < text.index("save_metrics(")     # injected after the defaults
+    env = {**os.environ, "KATTN_METRICS_PATH": str(tmp_path / "m.json")}
+    subprocess.run([sys.executable, str(dest)], check=True, env=env, cwd=ROOT, capture_output=True)
+    assert json.loads((tmp_path / "m.json").read_text()) == {"y": 25, "preset": "cpu"}
+    with pytest.raises(ValueError, match=r"valid parameters: \['fail', 'preset', 'x'\]"):
+        runner.export_script("tiny", params={"z": 1}, root=root)
+    monkeypatch.chdir(root)                                       # the CLI resolves the project from the working folder
+    assert runner.main(["script", "tiny", "--preset", "cpu", "-p", "x", "4", "-o", "cli.py"]) == 0
+    assert "x = 4" in (root / "cli.py").read_text()
+
+
+def test_export_script_refuses_magics(tmp_path):
+    root = make_project(tmp_path, "%time y = x + 1")
+    with pytest.raises(ValueError, match="magic or shell escape"):
+        runner.export_script("tiny", root=root, dest=tmp_path / "t.py")
+    assert not (tmp_path / "t.py").exists()
 
 
 def test_cli_errors_exit_nonzero():
