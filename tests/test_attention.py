@@ -92,6 +92,23 @@ def test_gradients_equal_naive(path):
         else: torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("group_bytes", [1, 5000, 10 ** 9])
+def test_causal_groups_of_chunks(monkeypatch, group_bytes):
+    "Causal path without bias split into groups of chunks (a running state carried between groups): equals naive."
+    import kattn.attention as attention
+    monkeypatch.setattr(attention, "CAUSAL_CPU_GROUP_BYTES", group_bytes)   # 1 and 5000: 1 and 2 chunks per group; 1e9: one group
+    phi_q, phi_k, v, _, mask = case(29, m=4, dv=3, batch=(2, 2), seed=11)
+    leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v)]
+    leaves_r = [t.clone().requires_grad_() for t in (phi_q, phi_k, v)]
+    for kw in (dict(), dict(key_padding_mask=mask)):
+        out = kernelized_attention(*leaves, causal=True, chunk_size=3, **kw)
+        ref = naive_kernelized_attention(*leaves_r, causal=True, **kw)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+        gout = torch.linspace(-1, 1, out.numel(), dtype=D64).reshape(out.shape)
+        for a, r in zip(torch.autograd.grad((out * gout).sum(), leaves), torch.autograd.grad((ref * gout).sum(), leaves_r)):
+            torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p) or "plain")
 def test_gradcheck(path):
     phi_q, phi_k, v, b, mask = case(5, m=3, dv=2, batch=(1, 2), seed=7)
