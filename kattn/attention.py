@@ -131,6 +131,10 @@ def _bidirectional(phi_q, phi_k, v1):
     return phi_q @ (phi_k.transpose(-1, -2) @ v1)          # [..., n_q, m] @ [..., m, d_v+1]
 
 # %% ../nbs/02_attention.ipynb #52c6b60d
+def _even(total, most):
+    "The size of ceil(total / most) near-equal parts of `total` (no sliver of a remainder block)."
+    return -(-total // -(-total // most))
+
 CAUSAL_CPU_GROUP_BYTES = 2 ** 23   # temporaries of one group of chunks on CPU (CUDA runs all chunks in one group)
 
 def _causal_chunked(phi_q, phi_k, v1, chunk_size, group_bytes=None):
@@ -173,10 +177,6 @@ def rpe_cpu_block_bytes(n: int, # sequence length
                        ) -> int: # bytes of one real block buffer
     "The default RPE FFT block on CPU: RPE_CPU_BLOCK_BYTES, or RPE_CPU_MIN_SIGNALS signals of length fft_length(n) if larger."
     return max(RPE_CPU_BLOCK_BYTES, RPE_CPU_MIN_SIGNALS * fft_length(n) * element_size)
-
-def _even(total, most):
-    "The size of ceil(total / most) near-equal parts of `total` (no sliver of a remainder block)."
-    return -(-total // -(-total // most))
 
 def _rpe_blocks(m, B, dv, L, esize, budget, units, block_bytes):
     "(features, value columns) per block: `units` real [k, B, w, L] buffers fit `budget`, one fits `block_bytes`."
