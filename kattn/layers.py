@@ -7,7 +7,7 @@ Docs: https://kattn.github.io/kattn/layers.html.md"""
 # %% auto #0
 __all__ = ['ATTENTIONS', 't5_buckets', 'RelativePositionBias', 'RelativePositionBias2D', 'SoftmaxAttention',
            'dense_kernelized_attention', 'KernelizedAttention', 'AttentionSpec', 'register_attention', 'get_attention',
-           'CoreAdapter', 'MultiheadAttention', 'check_causality']
+           'CoreAdapter', 'MultiheadAttention', 'check_causality', 'convert_attention']
 
 # %% ../nbs/06_layers.ipynb #b99a3244
 import math
@@ -110,14 +110,20 @@ class SoftmaxAttention(nn.Module):
     "Exact softmax attention via F.scaled_dot_product_attention (semantics of kattn.attention.softmax_attention)."
     bias_row_decoding = True # step(): attend from the new query over cached keys with a dense bias row
     def __init__(self, dropout: float = 0.0, # dropout on attention probabilities (training only)
-                 scale: float | None = None, # logit scale; default 1/sqrt(head_dim)
+                 scale: float | None = None, # logit scale; default 1/sqrt(head_dim), or 1 when normalize
+                 normalize: bool = False, # l2-normalize q and k first (Luo's "normalized attention", logits q^.k^)
+                 norm_eps: float = 1e-6, # clamp of the norms
                 ):
         super().__init__()
-        self.dropout, self.scale = dropout, scale
+        self.dropout, self.normalize, self.norm_eps = dropout, normalize, norm_eps
+        self.scale = 1.0 if normalize and scale is None else scale
 
     def forward(self, q, k, v, rpe_bias=None, causal=False, key_padding_mask=None, attn_bias=None):
         "Softmax attention on [..., n, d_h] tensors; rpe_bias [..., 2n-1]; attn_bias [..., n_q, n_k] added to logits."
         nq, nk = q.shape[-2], k.shape[-2]
+        if self.normalize:
+            q = q / q.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
+            k = k / k.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
         bias = None if rpe_bias is None else rpe_matrix(rpe_bias)
         if attn_bias is not None: bias = attn_bias if bias is None else bias + attn_bias
         allowed, empty = _padding_and_causal(nq, nk, causal, key_padding_mask, q.device)
@@ -209,6 +215,9 @@ def get_attention(name: str) -> AttentionSpec:
 def _softmax(head_dim, num_heads, dropout=0.0, scale=None):
     return SoftmaxAttention(dropout, scale)
 
+def _normalized_softmax(head_dim, num_heads, dropout=0.0, scale=1.0):
+    return SoftmaxAttention(dropout, scale, normalize=True)
+
 def _linear_elu(head_dim, num_heads):
     return KernelizedAttention(EluFeatures(head_dim), scale=1.0)
 
@@ -228,6 +237,9 @@ register_attention("softmax", AttentionSpec(_softmax, causal=True, rpe="optional
                                             paper="Vaswani et al. 2017; bias: Raffel et al. 2020 / Luo Eq. 6"))
 register_attention("softmax_rpe", AttentionSpec(_softmax, causal=True, rpe="required", feature_map="none (exact)",
                                                 paper="Luo et al. 2021 Eq. 6 (exact baseline with RPE)"))
+register_attention("normalized_softmax", AttentionSpec(_normalized_softmax, causal=True, rpe="optional",
+                                                       feature_map="none (exact) on l2-normalized q, k",
+                                                       paper="Luo et al. 2021 §3.3 / Fig. 2 (normalized attention)"))
 register_attention("linear_elu", AttentionSpec(_linear_elu, causal=True, rpe="optional", recurrent=True,
                                                feature_map="EluFeatures(head_dim): elu(x)+1 on raw q, k",
                                                paper="Katharopoulos et al. 2020"))
@@ -358,6 +370,26 @@ def check_causality(layer: nn.Module, # maps [B, n, d] -> [B, n, d]
     "Max change of outputs[:, :t+1] when inputs after t are replaced by noise (0 for a causal layer)."
     x2 = x.clone(); x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 10
     with torch.no_grad(): return float((layer(x, **kwargs)[:, :t + 1] - layer(x2, **kwargs)[:, :t + 1]).abs().max())
+
+# %% ../nbs/06_layers.ipynb #ef01a3af
+def convert_attention(model: nn.Module, # holds MultiheadAttention layers
+                      attention: str, # a key of ATTENTIONS
+                      where: Callable | None = None, # (module name, layer) -> bool; None: every layer
+                      **options, # passed to the algorithm's build (num_features, seed, ...)
+                     ) -> nn.Module: # model, changed in place
+    "Swap the algorithm of every (selected) MultiheadAttention, keeping projections and RPE (Luo Fig. 2 conversion)."
+    spec, done = get_attention(attention), 0
+    for name, m in model.named_modules():
+        if not isinstance(m, MultiheadAttention) or (where is not None and not where(name, m)): continue
+        if m.causal and not spec.causal: raise ValueError(f"layer {name!r} is causal; attention {attention!r} is not")
+        if m.rpe is not None and spec.rpe == "none": raise ValueError(f"layer {name!r} has rpe; attention {attention!r} takes none")
+        if m.rpe is None and spec.rpe == "required": raise ValueError(f"attention {attention!r} requires rpe; layer {name!r} has none")
+        try: alg = spec.build(m.head_dim, m.num_heads, **options)
+        except TypeError as e: raise TypeError(f"bad options {sorted(options)} for attention {attention!r}: {e}") from e
+        m.algorithm, m.attention, m.spec = alg.to(m.q_proj.weight.device), attention, spec
+        done += 1
+    if not done: raise ValueError("no MultiheadAttention layer was selected in model")
+    return model
 
 # %% ../nbs/06_layers.ipynb #24c19986
 def _recurrent_step(alg, q, k, v, state):

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 from kattn.attention import softmax_attention, normalized_kernelized_attention
 from kattn.layers import (ATTENTIONS, AttentionSpec, MultiheadAttention, RelativePositionBias, RelativePositionBias2D,
-                          check_causality, register_attention, t5_buckets)
+                          check_causality, convert_attention, register_attention, t5_buckets)
 
-ALL_NAMES = ["softmax", "softmax_rpe", "linear_elu", "performer", "trf", "nprf_rpe", "ra", "rfa", "lara", "gmm_rks",
+ALL_NAMES = ["softmax", "softmax_rpe", "normalized_softmax", "linear_elu", "performer", "trf", "nprf_rpe", "ra", "rfa", "lara", "gmm_rks",
              "gmm_prf", "fastfood_rks", "fastfood_prf", "generative_rks", "generative_prf"]
 DETERMINISTIC = {"ra": {"eval_mode": "mean"}}           # RA samples at eval unless asked for its expectation
 CAUSAL = [n for n, s in ATTENTIONS.items() if s.causal]
@@ -164,3 +164,45 @@ def test_causal_on_noncausal_algorithm_raises(monkeypatch):
     MultiheadAttention(16, 4, "bidir_only")                                  # bidirectional is fine
     with pytest.raises(ValueError, match="does not support causal=True"): MultiheadAttention(16, 4, "bidir_only", causal=True)
     with pytest.raises(TypeError): register_attention("x", object())
+
+
+def test_normalized_softmax_equals_reference_and_ignores_norms():
+    from kattn.attention import normalized_softmax_attention
+    torch.manual_seed(0)
+    m = MultiheadAttention(16, 4, "normalized_softmax", causal=True, rpe=True, max_len=9).double().eval()
+    nn.init.normal_(m.rpe.weight)
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    q, k, v = m._split(m.q_proj(x)), m._split(m.k_proj(x)), m._split(m.v_proj(x))
+    ref = m._merge(normalized_softmax_attention(q, k, v, m.rpe(9), causal=True))
+    assert torch.allclose(m(x), ref, atol=1e-12)
+    with torch.no_grad(): m.q_proj.weight.mul_(7.0); m.q_proj.bias.mul_(7.0)       # query norms do not matter
+    assert torch.allclose(m(x), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("trained,converted,rpe", [("softmax", "performer", False), ("softmax", "performer", True),
+                                                   ("normalized_softmax", "nprf_rpe", False),
+                                                   ("normalized_softmax", "nprf_rpe", True)])
+def test_convert_attention_estimates_the_trained_attention(trained, converted, rpe):
+    import copy
+    torch.manual_seed(1)
+    orig = nn.Sequential(MultiheadAttention(16, 2, trained, causal=True, rpe=rpe, max_len=10)).double().eval()
+    if rpe: nn.init.normal_(orig[0].rpe.weight)
+    x = torch.randn(3, 10, 16, dtype=torch.float64) * 0.5
+    with torch.no_grad(): ref = orig(x)
+    def err(m):
+        errs = []
+        for seed in range(6):
+            c = convert_attention(copy.deepcopy(orig), converted, num_features=m, seed=seed, orthogonal=False).eval()
+            assert c[0].rpe is not None if rpe else c[0].rpe is None
+            with torch.no_grad(): errs.append((c(x) - ref).pow(2).mean().sqrt().item())
+        return sum(errs) / len(errs)
+    small, large = err(32), err(2048)
+    assert large < 0.05 * ref.pow(2).mean().sqrt().item() and small / large > 4, (small, large)
+
+
+def test_convert_attention_errors():
+    m = nn.Sequential(MultiheadAttention(16, 2, "softmax", causal=True, rpe=True, max_len=8))
+    with pytest.raises(ValueError, match="has rpe"): convert_attention(m, "lara")
+    with pytest.raises(ValueError, match="no MultiheadAttention"): convert_attention(m, "performer", where=lambda n, l: False)
+    with pytest.raises(TypeError, match="bad options"): convert_attention(m, "performer", nonsense=1)
+    assert convert_attention(m, "performer", where=lambda n, l: n == "0")[0].attention == "performer"
