@@ -6,7 +6,8 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
-           'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'lm_loss', 'main']
+           'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'markov_tokens', 'lm_loss',
+           'lm_perplexity', 'main']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
 import json, math, os, random, sys, time
@@ -255,10 +256,39 @@ class CopyTask(Dataset):
     def __len__(self): return len(self.ids)
     def __getitem__(self, i): return {"ids": self.ids[i], "labels": self.labels[i]}
 
+def markov_tokens(num_tokens: int, # length of the stream
+                  vocab_size: int = 48, # symbols
+                  seed: int = 0,
+                 ) -> Tensor: # [num_tokens] long
+    "Generated stand-in token stream (not text): a random first-order Markov chain, for smoke runs of the LM studies."
+    if num_tokens < 2 or vocab_size < 2: raise ValueError(f"need num_tokens >= 2 and vocab_size >= 2, got {num_tokens}, {vocab_size}")
+    g = torch.Generator().manual_seed(seed)
+    cum = torch.softmax(2.5 * torch.randn(vocab_size, vocab_size, generator=g), -1).cumsum(-1)
+    u, x = torch.rand(num_tokens, generator=g), [0]
+    for t in range(1, num_tokens): x.append(min(int(torch.searchsorted(cum[x[-1]], u[t])), vocab_size - 1))
+    return torch.tensor(x)
+
 def lm_loss(model, batch) -> Tensor:
     "Next-token cross-entropy of a causal LM on batch {'ids', 'labels'} (labels -100 are ignored)."
     logits = model(batch["ids"][:, :-1])
     return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+@torch.no_grad()
+def lm_perplexity(model: nn.Module, # causal LM: ids [B, n] -> logits [B, n, V]
+                  ids: Tensor, # [N, n+1] blocks (lm_blocks' 'ids'); every token after the first is predicted
+                  batch_size: int = 32,
+                 ) -> float: # exp(mean next-token cross-entropy over all N*n predictions)
+    "Perplexity of a causal LM on token blocks, in eval mode (each block on its own, no carried context)."
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[1] < 2: raise ValueError(f"ids must be [N, n+1] with n >= 1, got {getattr(ids, 'shape', type(ids))}")
+    was, dev = model.training, next(model.parameters()).device
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(ids), batch_size):
+        b = ids[i:i + batch_size].to(dev)
+        total += F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten(), reduction="sum").item()
+        count += b[:, 1:].numel()
+    model.train(was)
+    return math.exp(total / count)
 
 # %% ../nbs/09_train.ipynb #9da00030
 def _parser():
