@@ -50,7 +50,9 @@ pytest: setup
 
 test: sync-check nbtest pytest
 
+# The LM studies (conversion, lm) read the enwiki-106 stand-in; fetching it takes seconds.
 reproduce: setup
+	$(BIN)/kattn data fetch enwiki-106
 	$(BIN)/kattn reproduce $(if $(PRESET),--preset $(PRESET))
 
 site: setup

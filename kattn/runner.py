@@ -210,6 +210,7 @@ SUITE = [
     ("learned_kernels", {}),          # Chowdhury: learned spectral kernels on a generated task
     ("train_smoke", {}),              # tiny causal LM, three attention variants
     ("conversion", {}),               # Luo Fig. 2: softmax models converted to PRF without fine-tuning
+    ("lm", {}),                       # Luo Table 2: causal LM with six attentions on enwiki-106
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
 ]
 

@@ -113,3 +113,13 @@ def test_committed_records_are_complete():
     for p in recs:
         r = json.loads(p.read_text())
         assert r["metrics"] and r["provenance"]["git_sha"] and (p.parent / r["notebook"]).exists(), p
+
+
+def test_committed_paper_results_are_valid():
+    # every row a committed record carries is what paper_row builds (known id, finite numbers, a note where ours is None)
+    for p in (ROOT / "runs").glob("*/*.json"):
+        for row in json.loads(p.read_text()).get("paper_results", []):
+            assert runner.paper_row(**row) == row, (p, row)
+    for name, paper_id in (("conversion", "luo-fig2"), ("lm", "luo-table2")):
+        rows = json.loads((ROOT / "runs" / name / "cpu.json").read_text())["paper_results"]
+        assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
