@@ -229,9 +229,13 @@ def _trf(head_dim, num_heads, num_features=None, orthogonal=True, redraw_interva
     return KernelizedAttention(TrigonometricRandomFeatures(head_dim, num_features or head_dim, orthogonal=orthogonal,
                                                            seed=seed, redraw_interval=redraw_interval), scale=scale)
 
-def _nprf(head_dim, num_heads, num_features=None, orthogonal=False, redraw_interval=1, seed=None, scale=1.0):
-    return KernelizedAttention(PositiveRandomFeatures(head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed,
-                                                      redraw_interval=redraw_interval), scale=scale, normalize=True)
+def _nprf(head_dim, num_heads, num_features=None, orthogonal=False, redraw_interval=1, seed=None, scale=1.0, sphere=False,
+          features="prf"):
+    maps = {"prf": PositiveRandomFeatures, "trf": TrigonometricRandomFeatures}   # Luo Fig. 3b compares both
+    if features not in maps: raise ValueError(f"features must be one of {sorted(maps)}, got {features!r}")
+    fm = maps[features](head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed, sphere=sphere,
+                        redraw_interval=redraw_interval)
+    return KernelizedAttention(fm, scale=scale, normalize=True)
 
 register_attention("softmax", AttentionSpec(_softmax, causal=True, rpe="optional", feature_map="none (exact)",
                                             paper="Vaswani et al. 2017; bias: Raffel et al. 2020 / Luo Eq. 6"))

@@ -211,6 +211,7 @@ SUITE = [
     ("train_smoke", {}),              # tiny causal LM, three attention variants
     ("conversion", {}),               # Luo Fig. 2: softmax models converted to PRF without fine-tuning
     ("lm", {}),                       # Luo Table 2: causal LM with six attentions on enwiki-106
+    ("feature_maps", {}),             # Luo Fig. 3: NPRF + RPE vs m and feature maps
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
 ]
 

@@ -7,12 +7,12 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
            'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'markov_tokens', 'lm_loss',
-           'lm_perplexity', 'main']
+           'lm_perplexity', 'main', 'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
 import json, math, os, random, sys, time
 from contextlib import nullcontext
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -300,12 +300,25 @@ def _parser():
     p.add_argument("--heads", type=int, default=4); p.add_argument("--k", type=int, default=16, help="copy length")
     p.add_argument("--bf16", action="store_true"); p.add_argument("--out-dir", default=None)
     p.add_argument("--seed", type=int, default=0); p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--job", default=None, help="run a training job written by fit_in_processes (other options ignored)")
     return p
+
+def _run_job(path):
+    "Each rank: load the job, train it under DDP; rank 0 writes the trained state and history beside the job."
+    info = setup_distributed()
+    job = torch.load(path, weights_only=False)
+    model = job["model"].to(info["device"])
+    hist = Trainer(model, job["cfg"], job["data"], loss_fn=job["loss_fn"], device=info["device"]).fit()
+    if info["rank"] == 0:
+        torch.save({"state": model.cpu().state_dict(), "history": hist}, Path(path).with_name("result.pt"))
+    if dist.is_initialized(): dist.destroy_process_group()
+    return hist
 
 def main(argv=None) -> list:
     "Entry point of `python -m kattn.train` / `torchrun ... -m kattn.train`."
     from kattn.models import CausalLM, LMConfig
     a = _parser().parse_args(argv)
+    if a.job: return _run_job(a.job)
     info = setup_distributed()
     seed_everything(a.seed)
     data = CopyTask(max(4096, a.batch_size * 4), k=a.k, seed=a.seed)
@@ -320,3 +333,23 @@ def main(argv=None) -> list:
 
 # %% ../nbs/09_train.ipynb #23861a0b
 if __name__ == "__main__" and "get_ipython" not in globals(): main()  # not when a notebook runs this cell
+
+# %% ../nbs/09_train.ipynb #257b5def
+def fit_in_processes(model: nn.Module, cfg: TrainConfig, train_data: Dataset,
+                     loss_fn: Callable | None = None, # a module-level function (pickled by reference) when nproc > 1
+                     nproc: int = 1, # processes; > 1 launches torchrun on this machine
+                    ) -> list: # per-step records of rank 0
+    "Train `model` in place: in this process, or under `torchrun` with `nproc` DDP processes whose result is loaded back."
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1: raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    if nproc == 1: return Trainer(model, cfg, train_data, loss_fn=loss_fn).fit()
+    import subprocess, tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.pt"
+        torch.save({"model": model.cpu(), "cfg": replace(cfg, progress=False), "data": train_data, "loss_fn": loss_fn}, job)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "kattn.train",
+               "--job", str(job)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0: raise RuntimeError(f"torchrun with nproc={nproc} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        out = torch.load(Path(tmp) / "result.pt", weights_only=False)
+    model.load_state_dict(out["state"])
+    return out["history"]
