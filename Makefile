@@ -50,9 +50,9 @@ pytest: setup
 
 test: sync-check nbtest pytest
 
-# The LM studies (conversion, lm) read the enwiki-106 stand-in; fetching it takes seconds.
+# The training studies read offline stand-ins (enwiki-106, prose, rt-snippets); fetching them takes seconds.
 reproduce: setup
-	$(BIN)/kattn data fetch enwiki-106
+	$(BIN)/kattn data fetch enwiki-106 austen shakespeare web-bible rt-snippets
 	$(BIN)/kattn reproduce $(if $(PRESET),--preset $(PRESET))
 
 site: setup

@@ -7,10 +7,10 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
            'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'markov_tokens', 'lm_loss',
-           'lm_perplexity', 'main', 'fit_in_processes']
+           'mlm_loss', 'classification_loss', 'lm_perplexity', 'main', 'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
-import json, math, os, random, sys, time
+import copy, json, math, os, random, sys, time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -273,6 +273,14 @@ def lm_loss(model, batch) -> Tensor:
     logits = model(batch["ids"][:, :-1])
     return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
 
+def mlm_loss(model, batch) -> Tensor:
+    "Masked-LM loss of a `kattn.models.MaskedLM` on batch {'ids': masked inputs, 'labels': -100 where not predicted}."
+    return model.loss(batch["ids"], batch["labels"], batch.get("key_padding_mask"))
+
+def classification_loss(model, batch) -> Tensor:
+    "Cross-entropy of a sequence classifier on batch {'ids', 'key_padding_mask' (optional), 'labels'}."
+    return F.cross_entropy(model(batch["ids"], batch.get("key_padding_mask")).float(), batch["labels"])
+
 @torch.no_grad()
 def lm_perplexity(model: nn.Module, # causal LM: ids [B, n] -> logits [B, n, V]
                   ids: Tensor, # [N, n+1] blocks (lm_blocks' 'ids'); every token after the first is predicted
@@ -345,7 +353,8 @@ def fit_in_processes(model: nn.Module, cfg: TrainConfig, train_data: Dataset,
     import subprocess, tempfile
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.pt"
-        torch.save({"model": model.cpu(), "cfg": replace(cfg, progress=False), "data": train_data, "loss_fn": loss_fn}, job)
+        torch.save({"model": copy.deepcopy(model).cpu(), "cfg": replace(cfg, progress=False), "data": train_data,
+                    "loss_fn": loss_fn}, job)                   # the caller's model stays on its device
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "kattn.train",
                "--job", str(job)]
         r = subprocess.run(cmd, capture_output=True, text=True)
