@@ -162,8 +162,9 @@ def run_experiment(name: str, # template name in nbs/experiments
     slug = make_slug(params["preset"], {k: v for k, v in params.items() if k != "preset"})
     tmp_nb, tmp_js = out / f".tmp-{slug}-{os.getpid()}.ipynb", out / f".tmp-{slug}-{os.getpid()}.json"
     os.environ["KATTN_METRICS_PATH"] = str(tmp_js.resolve())
-    bars = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"                         # progress bars would be stored in the record
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS")}
+    os.environ["TQDM_DISABLE"] = "1"                         # progress bars would be stored in the record,
+    os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"   # and tqdm.auto's widget warning with a machine path
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         pm.execute_notebook(str(path), str(tmp_nb), parameters=params, cwd=str(path.parent),
@@ -178,8 +179,9 @@ def run_experiment(name: str, # template name in nbs/experiments
                            f"kept {out / (slug + '.failed.ipynb')}; the last good record is untouched") from e
     finally:
         os.environ.pop("KATTN_METRICS_PATH", None)
-        if bars is None: os.environ.pop("TQDM_DISABLE", None)
-        else: os.environ["TQDM_DISABLE"] = bars
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     record = {"experiment": name, "slug": slug, "preset": params["preset"],
               "parameters": {**defaults, **params}, "overrides": params, "metrics": metrics,
               "provenance": environment(), "started_utc": started, "wall_time_s": round(time.perf_counter() - t0, 2),
