@@ -6,8 +6,8 @@ Docs: https://kattn.github.io/kattn/runner.html.md"""
 
 # %% auto #0
 __all__ = ['PAPER_IDS', 'SUITE', 'environment', 'save_metrics', 'paper_row', 'beats', 'experiments_dir', 'list_experiments',
-           'parse_value', 'notebook_parameters', 'make_slug', 'run_experiment', 'export_script', 'reproduce',
-           'build_site', 'main']
+           'parse_value', 'notebook_parameters', 'make_slug', 'scrub_paths', 'run_experiment', 'export_script',
+           'reproduce', 'build_site', 'main']
 
 # %% ../nbs/11_runner.ipynb #37e07b57
 import argparse
@@ -147,6 +147,13 @@ def _resolve(name, preset, params, root):
     return path, defaults, params
 
 # %% ../nbs/11_runner.ipynb #323413d1
+def scrub_paths(path, name: str, slug: str):
+    "Replace the absolute paths papermill stores in a record's metadata by project-relative ones."
+    nbj = json.loads(Path(path).read_text())
+    pm_meta = nbj.get("metadata", {}).get("papermill", {})
+    if pm_meta: pm_meta.update(input_path=f"nbs/experiments/{name}.ipynb", output_path=f"runs/{name}/{slug}.ipynb")
+    Path(path).write_text(json.dumps(nbj, indent=1, ensure_ascii=False) + "\n")
+
 def run_experiment(name: str, # template name in nbs/experiments
                    preset: str = None, # smoke, cpu or paper (default: settings.ini / KATTN_PRESET)
                    params: dict = None, # parameter overrides
@@ -172,6 +179,7 @@ def run_experiment(name: str, # template name in nbs/experiments
         if not tmp_js.is_file(): raise RuntimeError(f"{path.name} finished without calling kattn.runner.save_metrics")
         metrics = json.loads(tmp_js.read_text())
         rows = [paper_row(**r) for r in metrics.pop("paper_results", [])]
+        scrub_paths(tmp_nb, name, slug)
     except BaseException as e:
         if tmp_nb.exists(): os.replace(tmp_nb, out / f"{slug}.failed.ipynb")
         tmp_js.unlink(missing_ok=True)
