@@ -678,4 +678,6 @@ d = { 'settings': { 'branch': 'main',
                              'kattn.train.seed_everything': ('train.html#seed_everything', 'kattn/train.py'),
                              'kattn.train.set_rng_state': ('train.html#set_rng_state', 'kattn/train.py'),
                              'kattn.train.setup_distributed': ('train.html#setup_distributed', 'kattn/train.py'),
-                             'kattn.train.train_step': ('train.html#train_step', 'kattn/train.py')}}}
+                             'kattn.train.train_step': ('train.html#train_step', 'kattn/train.py'),
+                             'kattn.train.translate': ('train.html#translate', 'kattn/train.py'),
+                             'kattn.train.translation_loss': ('train.html#translation_loss', 'kattn/train.py')}}}

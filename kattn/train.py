@@ -7,7 +7,8 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
            'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'markov_tokens', 'lm_loss',
-           'mlm_loss', 'classification_loss', 'lm_perplexity', 'main', 'fit_in_processes']
+           'mlm_loss', 'classification_loss', 'lm_perplexity', 'translation_loss', 'translate', 'main',
+           'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
 import copy, json, math, os, random, sys, time
@@ -298,6 +299,49 @@ def lm_perplexity(model: nn.Module, # causal LM: ids [B, n] -> logits [B, n, V]
     model.train(was)
     return math.exp(total / count)
 
+# %% ../nbs/09_train.ipynb #fbdb4991
+def translation_loss(model, batch, label_smoothing: float = 0.1) -> Tensor:
+    "Label-smoothed cross-entropy of a Seq2Seq on a `collate_pairs` batch whose targets are BOS y EOS; padding is ignored."
+    tgt = batch["tgt"]
+    if tgt.dim() != 2 or tgt.shape[1] < 2: raise ValueError(f"batch['tgt'] must be [B, n] with n >= 2 (BOS y EOS), got {tuple(tgt.shape)}")
+    labels = tgt[:, 1:]
+    if batch.get("tgt_padding_mask") is not None: labels = labels.masked_fill(batch["tgt_padding_mask"][:, 1:], -100)
+    logits = model(batch["src"], tgt[:, :-1], batch.get("src_padding_mask"))
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing)
+
+@torch.no_grad()
+def translate(model: nn.Module, # a `kattn.models.Seq2Seq`
+              sources: list, # token-id sequences, each as the model saw sources in training (e.g. ending in EOS)
+              bos: int, eos: int, pad_id: int = 0,
+              beam_size: int = 5, # 1: greedy decoding
+              length_penalty: float = 1.2, # hypotheses ranked by log p / length**length_penalty
+              max_len_a: float = 1.5, max_len_b: int = 10, # at most a * len(source) + b target tokens (capped by cfg.max_len)
+              batch_size: int = 64, # sources per batch (sorted by length)
+             ) -> list: # one list of target ids per source, without BOS/EOS, in input order
+    "Decode every source with beam search (or greedily), in eval mode; results in the input order."
+    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1: raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1: raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    srcs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sources]
+    if any(len(s) == 0 for s in srcs): raise ValueError("sources must not contain an empty sequence")
+    was, dev, cap = model.training, next(model.parameters()).device, model.cfg.max_len
+    model.eval()
+    order, out = sorted(range(len(srcs)), key=lambda i: len(srcs[i])), [None] * len(srcs)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        longest = max(len(srcs[i]) for i in idx)
+        if longest > cap: raise ValueError(f"a source has {longest} tokens, more than the model's max_len={cap}")
+        ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
+        mask = torch.ones(len(idx), longest, dtype=torch.bool)
+        for r, i in enumerate(idx): ids[r, :len(srcs[i])], mask[r, :len(srcs[i])] = srcs[i], False
+        ids, mask, n = ids.to(dev), mask.to(dev), min(int(max_len_a * longest + max_len_b), cap)
+        seqs = model.greedy_decode(ids, bos, eos, n, mask) if beam_size == 1 else \
+               model.beam_search(ids, bos, eos, beam_size, n, length_penalty, mask)[0]
+        for r, i in enumerate(idx):
+            s = seqs[r, 1:].tolist()
+            out[i] = s[:s.index(eos)] if eos in s else s
+    model.train(was)
+    return out
+
 # %% ../nbs/09_train.ipynb #9da00030
 def _parser():
     import argparse
@@ -316,7 +360,7 @@ def _run_job(path):
     info = setup_distributed()
     job = torch.load(path, weights_only=False)
     model = job["model"].to(info["device"])
-    hist = Trainer(model, job["cfg"], job["data"], loss_fn=job["loss_fn"], device=info["device"]).fit()
+    hist = Trainer(model, job["cfg"], job["data"], loss_fn=job["loss_fn"], collate_fn=job.get("collate_fn"), device=info["device"]).fit()
     if info["rank"] == 0:
         torch.save({"state": model.cpu().state_dict(), "history": hist}, Path(path).with_name("result.pt"))
     if dist.is_initialized(): dist.destroy_process_group()
@@ -346,15 +390,16 @@ if __name__ == "__main__" and "get_ipython" not in globals(): main()  # not when
 def fit_in_processes(model: nn.Module, cfg: TrainConfig, train_data: Dataset,
                      loss_fn: Callable | None = None, # a module-level function (pickled by reference) when nproc > 1
                      nproc: int = 1, # processes; > 1 launches torchrun on this machine
+                     collate_fn: Callable | None = None, # DataLoader collate (module-level when nproc > 1)
                     ) -> list: # per-step records of rank 0
     "Train `model` in place: in this process, or under `torchrun` with `nproc` DDP processes whose result is loaded back."
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1: raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
-    if nproc == 1: return Trainer(model, cfg, train_data, loss_fn=loss_fn).fit()
+    if nproc == 1: return Trainer(model, cfg, train_data, loss_fn=loss_fn, collate_fn=collate_fn).fit()
     import subprocess, tempfile
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.pt"
         torch.save({"model": copy.deepcopy(model).cpu(), "cfg": replace(cfg, progress=False), "data": train_data,
-                    "loss_fn": loss_fn}, job)                   # the caller's model stays on its device
+                    "loss_fn": loss_fn, "collate_fn": collate_fn}, job)                   # the caller's model stays on its device
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "kattn.train",
                "--job", str(job)]
         r = subprocess.run(cmd, capture_output=True, text=True)
