@@ -290,6 +290,19 @@ def _rpe_weights(rpe_bias, causal, work):
     mx = (b[..., :n] if causal else b).amax(-1, keepdim=True).detach()
     return torch.exp(b - mx)
 
+# %% ../nbs/02_attention.ipynb #ae0e9135
+_RPE_DENSE_MAX_N = 1024 # dense form up to this length (crossover measured on one CPU; per-device calibration is not built)
+
+def _rpe_dense(fq, fk, v1, c, causal):
+    "The numerator/denominator of `_rpe_core` through the dense Toeplitz weights: ((fq fk^T) * C) v1, O(n^2 (m + d))."
+    w = (fq @ fk.transpose(-1, -2)) * rpe_matrix(c)                         # [..., n, n]
+    return (w.tril() if causal else w) @ v1                                 # [..., n, d_v+1]
+
+def _use_dense(fq, fk, v1, memory_budget, block_bytes):
+    "Dense RPE form: short sequences whose n x n weights fit the budget, unless FFT blocks were asked for."
+    n, rows = fk.shape[-2], torch.broadcast_shapes(fq.shape[:-2], fk.shape[:-2], v1.shape[:-2]).numel()
+    return block_bytes is None and n <= _RPE_DENSE_MAX_N and 3 * rows * n * n * fq.element_size() <= memory_budget
+
 # %% ../nbs/02_attention.ipynb #9a02f685
 def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a FeatureMap with is_query=True)
                          phi_k: Tensor, # [..., n_k, m] key features
@@ -302,15 +315,17 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
                          block_bytes: int | None = None, # bytes of one RPE FFT block; None: rpe_cpu_block_bytes(n) on CPU, no cap on CUDA
                          eps: float = 1e-12, # denominator guard
                         ) -> Tensor: # [..., n_q, d_v]
-    "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j; FFT when rpe_bias is given."
+    "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j; with rpe_bias: dense below ~1k positions, else FFT."
     _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
     _check_pos_int("chunk_size", chunk_size); _check_pos_int("memory_budget", memory_budget)
     _check_pos_int("block_bytes", block_bytes, allow_none=True)
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)
-        if rpe_bias is not None: out1 = _rpe_core(fq, fk, v1, _rpe_weights(rpe_bias, causal, fq.dtype), causal, memory_budget,
-                                                 block_bytes)
+        if rpe_bias is not None:
+            c = _rpe_weights(rpe_bias, causal, fq.dtype)
+            out1 = _rpe_dense(fq, fk, v1, c, causal) if _use_dense(fq, fk, v1, memory_budget, block_bytes) \
+                   else _rpe_core(fq, fk, v1, c, causal, memory_budget, block_bytes)
         elif causal: out1 = _causal_chunked(fq, fk, v1, chunk_size)
         else: out1 = _bidirectional(fq, fk, v1)
         return _finish(out1, eps, out_dtype)

@@ -7,8 +7,8 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
            'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'markov_tokens', 'lm_loss',
-           'mlm_loss', 'classification_loss', 'lm_perplexity', 'translation_loss', 'translate', 'main',
-           'fit_in_processes']
+           'mlm_loss', 'classification_loss', 'lm_perplexity', 'translation_loss', 'translation_perplexity',
+           'translate', 'main', 'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
 import copy, json, math, os, random, sys, time
@@ -308,6 +308,24 @@ def translation_loss(model, batch, label_smoothing: float = 0.1) -> Tensor:
     if batch.get("tgt_padding_mask") is not None: labels = labels.masked_fill(batch["tgt_padding_mask"][:, 1:], -100)
     logits = model(batch["src"], tgt[:, :-1], batch.get("src_padding_mask"))
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing)
+
+@torch.no_grad()
+def translation_perplexity(model: nn.Module, # a `kattn.models.Seq2Seq`
+                           src: list, tgt: list, # aligned token sequences; targets BOS y EOS
+                           pad_id: int = 0, batch_size: int = 64,
+                          ) -> float: # exp(mean cross-entropy over every target token after BOS)
+    "Teacher-forced perplexity of the references, in eval mode (no label smoothing)."
+    from kattn.data.batching import collate_pairs
+    if len(src) != len(tgt) or not src: raise ValueError(f"src and tgt must be non-empty and aligned, got {len(src)} and {len(tgt)}")
+    was, dev = model.training, next(model.parameters()).device
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(src), batch_size):
+        b = _to(collate_pairs([(torch.as_tensor(s), torch.as_tensor(t)) for s, t in zip(src[i:i + batch_size], tgt[i:i + batch_size])], pad_id), dev)
+        n = int((~b["tgt_padding_mask"][:, 1:]).sum())
+        total += translation_loss(model, b, label_smoothing=0.0).item() * n; count += n
+    model.train(was)
+    return math.exp(total / count)
 
 @torch.no_grad()
 def translate(model: nn.Module, # a `kattn.models.Seq2Seq`

@@ -6,7 +6,7 @@ Docs: https://kattn.github.io/kattn/data_batching.html.md"""
 
 # %% auto #0
 __all__ = ['pad_batch', 'SequenceDataset', 'collate_classification', 'PairDataset', 'collate_pairs', 'lm_blocks', 'BlockDataset',
-           'bucket_batches', 'BucketBatchSampler', 'split_indices', 'hash_split']
+           'bucket_batches', 'BucketBatchSampler', 'BucketedPairs', 'collate_buckets', 'split_indices', 'hash_split']
 
 # %% ../../nbs/08e_data_batching.ipynb #f6c619bf
 import hashlib
@@ -118,6 +118,22 @@ class BucketBatchSampler(Sampler):
     def _b(self): return bucket_batches(self.lengths, self.batch_size, self.seed + 1000003 * self.epoch, **self.kw)
     def __iter__(self): return iter(self._b())
     def __len__(self): return len(self._b())
+
+# %% ../../nbs/08e_data_batching.ipynb #7dca6ba2
+class BucketedPairs(Dataset):
+    "Length buckets of (src, tgt) pairs as Dataset items (translation batches with little padding)."
+    def __init__(self, src, tgt, # aligned token sequences
+                 batch_size: int, # pairs per bucket (at most)
+                 max_tokens: int = None, # cap on pairs x longest side per bucket
+                 seed: int = 0, pool: int = 50):
+        self.pairs = PairDataset(src, tgt)
+        self.buckets = bucket_batches(self.pairs.lengths(), batch_size, seed=seed, pool=pool, max_tokens=max_tokens)
+    def __len__(self): return len(self.buckets)
+    def __getitem__(self, i): return [self.pairs[j] for j in self.buckets[i]]
+
+def collate_buckets(items, pad_id: int = 0) -> dict:
+    "Batch one or more `BucketedPairs` items like `collate_pairs`."
+    return collate_pairs([pair for bucket in items for pair in bucket], pad_id)
 
 # %% ../../nbs/08e_data_batching.ipynb #9ecdc69e
 def split_indices(n: int, # examples
