@@ -52,7 +52,7 @@ test: sync-check nbtest pytest
 
 # The training studies read offline stand-ins (enwiki-106, prose, rt-snippets); fetching them takes seconds.
 reproduce: setup
-	$(BIN)/kattn data fetch enwiki-106 austen shakespeare web-bible rt-snippets
+	$(BIN)/kattn data fetch enwiki-106 austen shakespeare web-bible rt-snippets ding-de-en
 	$(BIN)/kattn reproduce $(if $(PRESET),--preset $(PRESET))
 
 site: setup
