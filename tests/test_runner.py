@@ -121,6 +121,6 @@ def test_committed_paper_results_are_valid():
         for row in json.loads(p.read_text()).get("paper_results", []):
             assert runner.paper_row(**row) == row, (p, row)
     for name, paper_id in (("conversion", "luo-fig2"), ("lm", "luo-table2"), ("feature_maps", "luo-fig3"),
-                           ("mlm_finetune", "luo-table1")):
+                           ("mt", "luo-table3"), ("mlm_finetune", "luo-table1")):
         rows = json.loads((ROOT / "runs" / name / "cpu.json").read_text())["paper_results"]
         assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
