@@ -27,11 +27,15 @@ def _check_qkv(q, k, v, key_padding_mask=None, fn="attention"):
         raise ValueError(f"{fn}: q [..., n, d] and k [..., m, d] need the same d, got {tuple(q.shape)} and {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"{fn}: k [..., m, d] and v [..., m, dv] need the same m, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-            raise TypeError(f"{fn}: key_padding_mask must be a bool tensor [..., m] (True = ignore), got {key_padding_mask!r:.60}")
-        if key_padding_mask.shape[-1] != k.shape[-2]:
-            raise ValueError(f"{fn}: key_padding_mask must have shape [..., m] with m = {k.shape[-2]}, got {tuple(key_padding_mask.shape)}")
+    _check_mask(key_padding_mask, k.shape[-2], "key_padding_mask", "m", fn)
+
+def _check_mask(mask, length, name, letter, fn):
+    "A padding mask must be None or a bool tensor [..., length]."
+    if mask is None: return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{fn}: {name} must be a bool tensor [..., {letter}] (True = ignore), got {mask!r:.60}")
+    if mask.dim() < 1 or mask.shape[-1] != length:
+        raise ValueError(f"{fn}: {name} must have shape [..., {letter}] with {letter} = {length}, got {tuple(mask.shape)}")
 
 def _scaled(q, k, scale):
     "Scale q and k by sqrt(scale) (default scale 1/sqrt(d)); return (qs, ks, scale)."
@@ -39,12 +43,12 @@ def _scaled(q, k, scale):
     if s <= 0: raise ValueError(f"scale must be positive, got {scale}")
     return q * s ** 0.5, k * s ** 0.5, s
 
-def _noise_std(noise, s):
+def _noise_std(noise, s, name="noise"):
     "Std of the Gaussian noise in the scaled space: exact 1, released-code s**0.5, or a float."
     if noise == "exact": return 1.0
     if noise == "released": return s ** 0.5
     if isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0: return float(noise)
-    raise ValueError(f"noise must be 'exact', 'released' or a float >= 0, got {noise!r}")
+    raise ValueError(f"{name} must be 'exact', 'released' or a float >= 0, got {noise!r}")
 
 def _keep(key_padding_mask, causal, n, m, device):
     "Bool [..., n, m] mask of allowed (query, key) pairs, or None when all are allowed."
@@ -78,6 +82,29 @@ def _lse(x, dim):
     _, z, m = _exp_sum(x, dim)
     pos = z > 0
     return torch.where(pos, torch.where(pos, z, torch.ones_like(z)).log() + m, -math.inf).squeeze(dim)
+
+# %% ../nbs/04_randomized.ipynb #de290572
+_GOLD, _K1, _K2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))   # as int64
+
+def _mix64(x):
+    "splitmix64 finalizer on int64 tensors (wrapping arithmetic; the masks turn arithmetic into logical shifts)."
+    x = x ^ ((x >> 30) & ((1 << 34) - 1)); x = x * _K1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1)); x = x * _K2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+def _counter_uniform(seed: int, *idx) -> Tensor:
+    "Float64 uniforms in (0, 1): a fixed function of `seed` and the broadcast integer indices `idx` (ints or int tensors)."
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    dev = next((t.device for t in idx if isinstance(t, Tensor)), None)
+    h = _mix64(torch.tensor(seed, dtype=torch.int64, device=dev) + _GOLD)
+    for t in idx: h = _mix64(h + _GOLD + torch.as_tensor(t, dtype=torch.int64, device=dev))   # a bijection of t given h
+    return (((h >> 11) & ((1 << 53) - 1)).double() + 0.5) * 2.0 ** -53
+
+def _counter_normal(seed: int, *idx) -> Tensor:
+    "Float64 standard normals (Box-Muller on two counter-based uniforms), a fixed function of seed and idx."
+    u1, u2 = _counter_uniform(seed, 1, *idx), _counter_uniform(seed, 2, *idx)
+    return (-2 * u1.log()).sqrt() * torch.cos(2 * math.pi * u2)
 
 # %% ../nbs/04_randomized.ipynb #23b5725e
 def log_features(x: Tensor, # [..., n, d] (scaled) inputs
@@ -131,12 +158,16 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
                          scale: float | None = None, # logit scale, default 1/sqrt(d)
                          key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
                          causal: bool = False, # key m contributes to query n only when m <= n
-                         noise: str | float = "exact", # 'exact' (unbiased), 'released' (official code), or a std
+                         noise: str | float = "exact", # 'exact' (unbiased), 'released' (official code), or a std (0: no Gaussian noise)
                          deterministic: bool = False, # omega = q + E_pi[k], no randomness (biased)
+                         seed: int | None = None, # counter-based draws, fixed by (seed, sample, query and key position); excludes generator
                         ) -> Tensor: # [..., n, dv], unbiased for softmax_attention unless noise/deterministic say otherwise
     "RA: average of $f_n(\\omega)$ over exact draws from the Gaussian mixture $p_n$ (quadratic cost)."
     _check_qkv(q, k, v, key_padding_mask, "randomized_attention")
     if not isinstance(num_samples, int) or num_samples < 1: raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if seed is not None:
+        if generator is not None: raise ValueError("randomized_attention: pass a generator or a seed, not both")
+        _counter_uniform(seed)                                                      # validates the seed
     qs, ks, s = _scaled(q, k, scale)
     std = _noise_std(noise, s)
     keep = _keep(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device)
@@ -146,12 +177,16 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
     if deterministic:
         omega = qs + _softmax0(logits, -1).to(ks.dtype) @ ks                       # the code's num_samples=-1
         return _softmax0(_w(omega) @ _w(ks).transpose(-1, -2) + flog0, -1).to(v.dtype) @ v
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    i_n, i_m, i_d = (torch.arange(x, device=q.device) for x in (n, m, d))
     out = 0
-    for _ in range(num_samples):
-        u = torch.rand(logits.shape, generator=generator, device=q.device).clamp_(1e-20, 1 - 1e-7)
+    for smp in range(num_samples):
+        u = (torch.rand(logits.shape, generator=generator, device=q.device) if seed is None     # [..., n, m] or [n, m]
+             else _counter_uniform(seed, smp, 0, i_n[:, None], i_m).to(logits.dtype)).clamp_(1e-20, 1 - 1e-7)
         idx = (logits - (-u.log()).log()).argmax(-1, keepdim=True)                 # Gumbel-max: m_n ~ pi_n
-        eps = torch.randn(qs.shape, generator=generator, device=q.device, dtype=qs.dtype)
-        omega = qs + torch.take_along_dim(ks, idx, dim=-2) + std * eps             # [..., n, d]
+        omega = qs + torch.take_along_dim(ks, idx, dim=-2)                          # [..., n, d]
+        if seed is None: omega = omega + std * torch.randn(qs.shape, generator=generator, device=q.device, dtype=qs.dtype)
+        elif std: omega = omega + std * _counter_normal(seed, smp, i_n[:, None], i_d).to(qs.dtype)
         fl = _w(omega) @ _w(ks).transpose(-1, -2) + flog0                # log xi(k_m, w_n) + const
         out = out + _softmax0(fl, -1).to(v.dtype) @ v
     return out / num_samples
@@ -222,30 +257,53 @@ def _segments(valid, C):
     seg = torch.where(ln <= C, rank, seg)
     return torch.where(valid, seg, -1)
 
-def lara_landmarks(q: Tensor, k: Tensor, # [..., n, d], [..., m, d] (n == m in 1D mode)
-                   num_proposals: int, # C
-                   key_padding_mask: Tensor | None = None, # [..., n] True = padding (excluded from means)
-                   grid: tuple | None = None, # (H, W): 2D adaptive pooling to g x g, C = g^2
-                   chunk_size: int | None = None, # causal: landmark c = mean of chunk c (positions [cL, (c+1)L))
+def _check_chunk_size(chunk_size, n, C, fn):
+    "Causal chunks of chunk_size valid positions: one proposal per chunk, so n positions need C >= ceil(n / chunk_size)."
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"{fn}: chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+    if -(-n // chunk_size) > C:
+        raise ValueError(f"{fn}: num_proposals={C} is too small for causal chunks: n={n} positions in chunks of chunk_size="
+                         f"{chunk_size} need one proposal per chunk, num_proposals >= {-(-n // chunk_size)}")
+
+def _causal_segments(valid, C, chunk_size):
+    "Causal segment id per position (-1 at padding), the number of segments used and the longest segment's length."
+    n = valid.shape[-1]
+    if chunk_size is None: return _segments(valid, C), min(C, n), -(-n // C)
+    return torch.where(valid, (valid.long().cumsum(-1) - 1) // chunk_size, -1), -(-n // chunk_size), chunk_size
+
+def lara_landmarks(q: Tensor, k: Tensor, # [..., n, d], [..., m, d]
+                   num_proposals: int, # C: exactly C landmark rows (absent ones have valid = False)
+                   key_padding_mask: Tensor | None = None, # [..., m] True = padding (excluded from means); also the queries' when n == m
+                   grid: tuple | None = None, # (H, W): 2D adaptive pooling to g x g, C = g^2 (n == m == H*W)
+                   chunk_size: int | None = None, # causal: landmark c = mean of the c-th run of chunk_size valid positions
+                   query_padding_mask: Tensor | None = None, # [..., n] True = padding; used when n != m
                   ) -> tuple: # (qbar [..., C, d], kbar [..., C, d], valid [..., C] bool)
     "Pooled query/key landmarks: 1D segment means over valid tokens, 2D grid pooling, or causal chunk means."
-    n = q.shape[-2]
+    C, n, m = num_proposals, q.shape[-2], k.shape[-2]
+    if not isinstance(C, int) or isinstance(C, bool) or C < 1: raise ValueError(f"num_proposals must be an int >= 1, got {C!r}")
+    _check_mask(key_padding_mask, m, "key_padding_mask", "m", "lara_landmarks")
+    _check_mask(query_padding_mask, n, "query_padding_mask", "n", "lara_landmarks")
     if grid is not None:
-        H, W = grid; g = math.isqrt(num_proposals)
-        if H * W != n: raise ValueError(f"grid {grid} needs n = H*W = {H*W} tokens, got n = {n}")
-        if g * g != num_proposals: raise ValueError(f"with grid, num_proposals must be a perfect square, got {num_proposals}")
+        H, W = grid; g = math.isqrt(C)
+        if H * W != n or m != n: raise ValueError(f"grid {grid} needs n = m = H*W = {H*W} tokens, got n = {n}, m = {m}")
+        if g * g != C: raise ValueError(f"with grid, num_proposals must be a perfect square, got {C}")
         if key_padding_mask is not None: raise ValueError("key_padding_mask is not supported with grid pooling")
         pool = lambda x: F.adaptive_avg_pool2d(x.transpose(-1, -2).reshape(-1, x.shape[-1], H, W), g).reshape(
             *x.shape[:-2], x.shape[-1], g * g).transpose(-1, -2)
         return pool(q), pool(k), torch.ones(g * g, dtype=torch.bool, device=q.device)
-    valid = torch.ones(n, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
+    valid = torch.ones(m, dtype=torch.bool, device=k.device) if key_padding_mask is None else ~key_padding_mask
     if chunk_size is not None:
-        seg = torch.where(valid, torch.arange(n, device=q.device) // chunk_size, -1); num_proposals = -(-n // chunk_size)
-    else: seg = _segments(valid, num_proposals)
-    A = (seg.unsqueeze(-2) == torch.arange(num_proposals, device=q.device)[:, None]).to(q.dtype)   # [..., C, n]
+        if n != m: raise ValueError(f"lara_landmarks: causal chunks (chunk_size) need n == m, got n={n}, m={m}")
+        _check_chunk_size(chunk_size, n, C, "lara_landmarks")
+    seg = _causal_segments(valid, C, chunk_size)[0] if chunk_size is not None else _segments(valid, C)
+    A = (seg.unsqueeze(-2) == torch.arange(C, device=k.device)[:, None]).to(k.dtype)   # [..., C, m]
     cnt = A.sum(-1, keepdim=True)
     A = A / cnt.clamp_min(1)
-    return A @ q, A @ k, cnt.squeeze(-1) > 0
+    kbar, pvalid = A @ k, cnt.squeeze(-1) > 0
+    if n == m: return A.to(q.dtype) @ q, kbar, pvalid                              # self-attention: segments pair positions
+    qw = (torch.ones(n, dtype=q.dtype, device=q.device) if query_padding_mask is None else (~query_padding_mask).to(q.dtype))
+    qmean = (qw.unsqueeze(-2) @ q) / qw.sum(-1, keepdim=True).clamp_min(1).unsqueeze(-1)   # [..., 1, d] mean valid query
+    return torch.broadcast_to(qmean, torch.broadcast_shapes(qmean.shape[:-2], kbar.shape[:-2]) + (C, q.shape[-1])), kbar, pvalid
 
 # %% ../nbs/04_randomized.ipynb #f02efdff
 def _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid):
@@ -266,7 +324,7 @@ def _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid):
 
 # %% ../nbs/04_randomized.ipynb #6c64845c
 def _causal_lara(qs, ks, v, omega, mu, qbar, pvalid, gamma, L, key_padding_mask):
-    "Causal LARA: exact attention inside the chunk, LARA over completed chunks with proposals from those chunks."
+    "Causal LARA on a block layout (block b = segment b, L slots): exact attention inside the block, LARA over earlier blocks."
     *B, n, d = qs.shape; nb = omega.shape[-2]; n2 = nb * L
     lq, lk = log_features(qs, omega), log_features(ks, omega)                        # [..., n, C]
     if key_padding_mask is not None: lk = lk.masked_fill(key_padding_mask.unsqueeze(-1), -math.inf)
@@ -290,11 +348,38 @@ def _causal_lara(qs, ks, v, omega, mu, qbar, pvalid, gamma, L, key_padding_mask)
     if key_padding_mask is not None: km = km & ~_pad_to(key_padding_mask.unsqueeze(-1), n2, value=True).reshape(*key_padding_mask.shape[:-1], nb, 1, L)
     return _causal_mix(lw, lk, vv, intra.masked_fill(~km, -math.inf), L)[..., :n, :]
 
+def _block_layout(seg, nb, L):
+    "For segments seg [..., n] (-1 = padding, ids non-decreasing over valid positions): the position held by each of the nb*L block slots, the slots that hold one, and each position's slot."
+    valid, n = seg >= 0, seg.shape[-1]
+    cnt = torch.zeros(*seg.shape[:-1], nb + 1, dtype=torch.long, device=seg.device).scatter_add_(-1, seg + 1, torch.ones_like(seg))[..., 1:]
+    start = cnt.cumsum(-1) - cnt                                                   # [..., nb] first valid rank of each segment
+    pos = torch.argsort((~valid).long(), dim=-1, stable=True)                      # [..., n] position of each valid rank
+    j = torch.arange(L, device=seg.device)
+    held = j < cnt.unsqueeze(-1)                                                   # [..., nb, L]
+    idx = pos.gather(-1, (start.unsqueeze(-1) + j).clamp_max(n - 1).flatten(-2))  # [..., nb*L]
+    rank = valid.long().cumsum(-1) - 1
+    slot = torch.where(valid, seg * L + rank - start.gather(-1, seg.clamp_min(0)), 0)   # [..., n]
+    return idx, held.flatten(-2), slot
+
+def _causal_lara_segments(qs, ks, v, omega, mu, qbar, pvalid, gamma, key_padding_mask, C, chunk_size):
+    "Causal LARA over each row's own segments of valid positions (ragged), so padding changes nothing."
+    n = qs.shape[-2]
+    valid = torch.ones(n, dtype=torch.bool, device=qs.device) if key_padding_mask is None else ~key_padding_mask
+    seg, nb, L = _causal_segments(valid, C, chunk_size)
+    idx, held, slot = _block_layout(seg, nb, L)
+    def take(x, i):                                                                # x[..., i, :], batch dims broadcast
+        i = i.unsqueeze(-1); nd = max(x.dim(), i.dim())
+        return torch.take_along_dim(x.reshape((1,) * (nd - x.dim()) + x.shape), i.reshape((1,) * (nd - i.dim()) + i.shape), dim=-2)
+    out = _causal_lara(take(qs, idx), take(ks, idx), take(v, idx), omega[..., :nb, :], mu[..., :nb, :], qbar[..., :nb, :],
+                       pvalid[..., :nb], gamma, L, ~held)
+    out = take(out, slot)
+    return out if key_padding_mask is None else out.masked_fill(key_padding_mask.unsqueeze(-1), 0)
+
 # %% ../nbs/04_randomized.ipynb #1d84a786
 def lara_attention(q: Tensor, # [..., n, d] queries
                    k: Tensor, # [..., m, d] keys
                    v: Tensor, # [..., m, dv] values
-                   num_proposals: int, # C proposals (a perfect square with grid); ignored when causal and chunk_size given
+                   num_proposals: int, # C proposal slots, honoured exactly (a perfect square with grid; >= ceil(n / chunk_size) with chunk_size)
                    generator: torch.Generator | None = None, # for the proposal noise (on q's device)
                    scale: float | None = None, # logit scale, default 1/sqrt(d)
                    key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
@@ -303,68 +388,100 @@ def lara_attention(q: Tensor, # [..., n, d] queries
                    training: bool = True, # draw omega = mu + noise; False: omega = mu (deterministic)
                    noise: str | float = "exact", # 'exact' std 1 (scaled space), 'released' (official code), or a std
                    grid: tuple | None = None, # (H, W) image grid: 2D pooled landmarks
-                   chunk_size: int | None = None, # causal chunk length L, default ceil(n / num_proposals)
+                   chunk_size: int | None = None, # causal: chunks of chunk_size valid positions; None: the C segments of the 1D split
                    landmarks: tuple | None = None, # (qbar, kbar[, valid]) [..., C, d] unscaled, e.g. from `LinearRandomizedAttention`
                    omega: Tensor | None = None, # [..., C, d] draws to use (scaled space); overrides training/noise
                    mu: Tensor | None = None, # [..., C, d] proposal means to use (scaled space); default qbar + kbar
+                   query_padding_mask: Tensor | None = None, # [..., n] bool, True = padded query (out of r's normalization); default: key_padding_mask when n == m
+                   eps: Tensor | None = None, # [..., C, d] standard-normal noise to use instead of drawing it: omega = mu + std * eps
                   ) -> Tensor: # [..., n, dv]
     "LARA: self-normalized multiple importance sampling with C shared Gaussian proposals, in log space, O(C n d)."
     _check_qkv(q, k, v, key_padding_mask, "lara_attention")
-    if not isinstance(num_proposals, int) or num_proposals < 1: raise ValueError(f"num_proposals must be an int >= 1, got {num_proposals!r}")
-    n, m = q.shape[-2], k.shape[-2]
-    if causal and grid is not None: raise ValueError("causal=True does not support grid pooling")
-    if (causal or landmarks is None and grid is None) and n != m:
-        raise ValueError(f"lara_attention with 1D landmarks or causal=True needs n == m, got n={n}, m={m}")
-    L = (chunk_size or -(-n // num_proposals)) if causal else None
-    if landmarks is None: landmarks = lara_landmarks(q, k, num_proposals, key_padding_mask, grid, L)
+    C, n, m = num_proposals, q.shape[-2], k.shape[-2]
+    if not isinstance(C, int) or isinstance(C, bool) or C < 1: raise ValueError(f"num_proposals must be an int >= 1, got {C!r}")
+    _check_mask(query_padding_mask, n, "query_padding_mask", "n", "lara_attention")
+    if causal:
+        if grid is not None: raise ValueError("causal=True does not support grid pooling")
+        if n != m: raise ValueError(f"lara_attention with causal=True needs n == m, got n={n}, m={m}")
+        if query_padding_mask is not None: raise ValueError("lara_attention: with causal=True, key_padding_mask marks the padded positions; do not pass query_padding_mask")
+        if chunk_size is not None: _check_chunk_size(chunk_size, n, C, "lara_attention")
+    if landmarks is None:
+        landmarks = lara_landmarks(q, k, C, key_padding_mask, grid, chunk_size if causal else None, query_padding_mask)
     qbar, kbar = landmarks[:2]
     pvalid = landmarks[2] if len(landmarks) > 2 else torch.ones(qbar.shape[-2], dtype=torch.bool, device=q.device)
+    d = q.shape[-1]
+    for name, x, tail in (("landmarks[0]", qbar, (d,)), ("landmarks[1]", kbar, (d,)), ("landmarks[2]", pvalid, ()),
+                          ("omega", omega, (d,)), ("mu", mu, (d,)), ("eps", eps, (d,))):
+        if x is not None and tuple(x.shape[max(x.dim() - 1 - len(tail), 0):]) != (C, *tail):
+            raise ValueError(f"lara_attention: {name} must have shape [..., C{', d' if tail else ''}] with C = num_proposals = {C}"
+                             f"{f', d = {d}' if tail else ''}, got {tuple(x.shape)}")
     qs, ks, s = _scaled(q, k, scale)
     qbar = qbar * s ** 0.5
     if mu is None: mu = qbar + kbar * s ** 0.5
-    if omega is None:
-        omega = mu + _noise_std(noise, s) * torch.randn(mu.shape, generator=generator, device=q.device, dtype=mu.dtype) if training else mu
-    if causal: return _causal_lara(qs, ks, v, omega, mu, qbar, pvalid, gamma, L, key_padding_mask).to(v.dtype)
+    if omega is None and not training: omega = mu
+    elif omega is None:
+        if eps is None: eps = torch.randn(mu.shape, generator=generator, device=q.device, dtype=mu.dtype)
+        omega = mu + _noise_std(noise, s) * eps
+    if causal:
+        return _causal_lara_segments(qs, ks, v, omega, mu, qbar, pvalid, gamma, key_padding_mask, C, chunk_size).to(v.dtype)
     lq, lk = log_features(qs, omega), log_features(ks, omega)                         # [..., n, C], [..., m, C]
     if key_padding_mask is not None: lk = lk.masked_fill(key_padding_mask.unsqueeze(-1), -math.inf)
-    qvalid = torch.ones(n, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
+    qpad = query_padding_mask if query_padding_mask is not None or n != m else key_padding_mask
+    qvalid = torch.ones(n, dtype=torch.bool, device=q.device) if qpad is None else ~qpad
     logw = _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid)
     f = _softmax0(lk, -2).transpose(-1, -2) @ v.to(lk.dtype)                              # [..., C, dv]
     return (_softmax0(logw, -1) @ f).to(v.dtype)
 
 # %% ../nbs/04_randomized.ipynb #056e4e46
 def naive_causal_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [n, d] unscaled (scale 1/sqrt(d)); [n, dv]
-                      chunk_size: int, # L: query t uses proposals from chunks < t // L and exact keys in its chunk
-                      omega: Tensor, # [ceil(n/L), d] one draw per chunk proposal (scaled space)
+                      chunk_size: int | None, # L: segments [cL, (c+1)L); None: the num_proposals segments of the 1D split
+                      omega: Tensor, # [C, d] one draw per segment proposal (scaled space), C = ceil(n/L) or num_proposals
                       gamma: float = 1.0, # weight of the r correction (r normalized over available proposals)
+                      num_proposals: int | None = None, # C when chunk_size is None
                      ) -> Tensor: # [n, dv]
-    "Causal LARA query by query from its derivation: LARA over completed chunks, exact keys in the current chunk."
-    L, r = chunk_size, q.shape[-1] ** -0.25; qs, ks = q * r, k * r; outs = []
-    qb, kb, _ = lara_landmarks(q, k, 0, chunk_size=L); mu = (qb + kb) * r
-    for t in range(len(q)):
-        b = t // L; items_l, items_v = [], []
-        for c in range(b):                                  # past: one SNIS item per completed-chunk proposal
+    "Causal LARA query by query from its derivation: LARA over completed segments, exact keys in the current segment."
+    n, r = len(q), q.shape[-1] ** -0.25; qs, ks = q * r, k * r; outs = []
+    C = -(-n // chunk_size) if chunk_size is not None else num_proposals
+    qb, kb, _ = lara_landmarks(q, k, C, chunk_size=chunk_size); mu = (qb + kb) * r
+    seg = (torch.arange(n) // chunk_size if chunk_size is not None else _segments(torch.ones(n, dtype=torch.bool), C)).tolist()
+    for t in range(n):
+        b = seg[t]; s0 = seg.index(b); items_l, items_v = [], []     # past keys [0, s0), present keys [s0, t]
+        for c in range(b):                                  # past: one SNIS item per completed-segment proposal
             dens = torch.stack([log_features(mu[j:j+1], omega[c:c+1])[0, 0] for j in range(b)])
             bh = (dens[c] - dens.logsumexp(0)).exp()
             rr = torch.softmax(qs[t] @ qb[:b].T * r, 0)
             a = (bh + gamma * (rr[c] - 1 / b)).clamp_min(1e-8)
-            lkP = log_features(ks[:b*L], omega[c:c+1])[:, 0]
+            lkP = log_features(ks[:s0], omega[c:c+1])[:, 0]
             items_l.append(a.log() + log_features(qs[t:t+1], omega[c:c+1])[0, 0] + lkP.logsumexp(0) - dens[c])
-            items_v.append(torch.softmax(lkP, 0) @ v[:b*L])
-        for j in range(b * L, t + 1): items_l.append(qs[t] @ ks[j]); items_v.append(v[j])   # present: exact
+            items_v.append(torch.softmax(lkP, 0) @ v[:s0])
+        for j in range(s0, t + 1): items_l.append(qs[t] @ ks[j]); items_v.append(v[j])   # present: exact
         outs.append(torch.softmax(torch.stack(items_l), 0) @ torch.stack(items_v))
     return torch.stack(outs)
 
 # %% ../nbs/04_randomized.ipynb #8e09f414
 class RandomizedAttention(nn.Module):
-    "RA as an attention core: q, k, v [..., n, d] -> [..., n, dv]; quadratic; no parameters."
-    def __init__(self, head_dim: int, num_samples: int = 1, noise: str | float = "exact", eval_mode: str = "sample", scale: float | None = None):
+    "RA as an attention core: q, k, v [..., n, d] -> [..., n, dv]; quadratic; no parameters; fixed, reproducible draws at eval."
+    def __init__(self, head_dim: int, num_samples: int = 1,
+                 noise: str | float = "exact", # training noise: 'exact', 'released' or a std
+                 eval_mode: str = "sample", # eval: 'sample' (a component per query, as the official code) or 'mean' (deterministic)
+                 scale: float | None = None,
+                 eval_noise: str | float = 0.0, # eval noise with 'sample': 0 = none (official code); 'exact', 'released' or a std
+                 eval_seed: int = 0, # eval draws are counter-based: a fixed function of (eval_seed, sample, positions)
+                ):
         super().__init__()
         if eval_mode not in ("sample", "mean"): raise ValueError(f"eval_mode must be 'sample' or 'mean', got {eval_mode!r}")
+        _noise_std(noise, 1.0, "noise"); _noise_std(eval_noise, 1.0, "eval_noise")
+        if not isinstance(eval_seed, int) or isinstance(eval_seed, bool) or not 0 <= eval_seed < 1 << 63:
+            raise ValueError(f"eval_seed must be an int in [0, 2**63), got {eval_seed!r}")
         self.head_dim, self.num_samples, self.noise, self.eval_mode, self.scale = head_dim, num_samples, noise, eval_mode, scale
+        self.eval_noise, self.eval_seed = eval_noise, eval_seed
     def forward(self, q, k, v, key_padding_mask=None, causal=False, generator=None):
-        return randomized_attention(q, k, v, self.num_samples, generator, self.scale, key_padding_mask, causal, self.noise,
-                                    deterministic=not self.training and self.eval_mode == "mean")
+        if self.training:
+            return randomized_attention(q, k, v, self.num_samples, generator, self.scale, key_padding_mask, causal, self.noise)
+        if self.eval_mode == "mean":
+            return randomized_attention(q, k, v, self.num_samples, None, self.scale, key_padding_mask, causal, deterministic=True)
+        return randomized_attention(q, k, v, self.num_samples, generator, self.scale, key_padding_mask, causal, self.eval_noise,
+                                    seed=self.eval_seed if generator is None else None)
 
 class RandomFeatureAttention(nn.Module):
     "RFA (SNIS) as an attention core: fresh iid draws in training, a fixed orthogonal buffer at eval."
@@ -391,8 +508,7 @@ class LinearRandomizedAttention(nn.Module):
             self.q_norm, self.k_norm = nn.LayerNorm(head_dim), nn.LayerNorm(head_dim)
             for lin in (self.q_proj, self.k_proj): nn.init.trunc_normal_(lin.weight, std=0.02); nn.init.zeros_(lin.bias)
     def forward(self, q, k, v, key_padding_mask=None, causal=False, generator=None):
-        C, n = self.num_proposals, q.shape[-2]
-        L = (self.chunk_size or -(-n // C)) if causal else None
+        C, L = self.num_proposals, self.chunk_size if causal else None
         qb, kb, valid = lara_landmarks(q, k, C, key_padding_mask, self.grid, L)
         if self.learned: qb, kb = self.q_norm(self.q_proj(qb)), self.k_norm(self.k_proj(kb))
         if self.mix_keys:                                           # 'pool-mixed': self-attention among key landmarks

@@ -206,3 +206,34 @@ def test_convert_attention_errors():
     with pytest.raises(ValueError, match="no MultiheadAttention"): convert_attention(m, "performer", where=lambda n, l: False)
     with pytest.raises(TypeError, match="bad options"): convert_attention(m, "performer", nonsense=1)
     assert convert_attention(m, "performer", where=lambda n, l: n == "0")[0].attention == "performer"
+
+
+def test_ra_default_eval_reproducible_and_step_equals_forward():
+    # RA's default eval (the official code's: a component per query, no Gaussian noise) uses fixed counter-based draws:
+    # two calls agree bit for bit, a sequence gives the same output alone or in a batch, and decoding step by step
+    # (each step recomputes the prefix) equals the parallel forward
+    torch.manual_seed(0)
+    m = MultiheadAttention(16, 4, "ra", causal=True).double().eval()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    state, outs = None, []
+    with torch.no_grad():
+        par = m(x)
+        assert torch.equal(par, m(x)) and torch.equal(m(x[1:]), par[1:])
+        for t in range(12):
+            y, state = m.step(x[:, t:t + 1], state); outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), par, atol=1e-10, rtol=1e-9)
+    m.train()
+    assert (m(x) - m(x)).abs().max() > 1e-3                        # training draws stay random
+
+
+def test_lara_chunked_step_equals_forward():
+    # causal LARA with a fixed chunk_size: chunks do not depend on the length, so decoding equals the parallel forward
+    # (past the first chunk too: 12 positions, chunks of 3, 4 proposals)
+    m = det("lara", causal=True, num_proposals=4, chunk_size=3, mix_keys=True)
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    state, outs = None, []
+    with torch.no_grad():
+        par = m(x)
+        for t in range(12):
+            y, state = m.step(x[:, t:t + 1], state); outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), par, atol=1e-10, rtol=1e-9)

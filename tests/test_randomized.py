@@ -8,6 +8,7 @@ from kattn.attention import kernelized_attention, softmax_attention
 from kattn.features import PositiveRandomFeatures
 from kattn.randomized import (LinearRandomizedAttention, RandomFeatureAttention, RandomizedAttention, lara_attention,
                               lara_landmarks, naive_causal_lara, naive_f, naive_lara, naive_rfa, randomized_attention, rfa_attention)
+from kattn.randomized import _counter_normal, _counter_uniform
 
 F64 = torch.float64
 
@@ -181,12 +182,12 @@ def test_padding_invariance(name, left):
         with pytest.raises(ValueError, match="grid"):
             lara_attention(q, k, v, 4, grid=(4, 4), key_padding_mask=torch.zeros(16, dtype=torch.bool))
         return
-    if left and "causal" in name: pytest.skip("left padding shifts causal chunks; right padding is the causal contract")
+    if left and name == "rfa_causal": pytest.skip("left padding shifts RFA's causal chunks; right padding is its contract")
     q, k, v = qkv(2, 2, n, 8, seed=19)
     mod = LinearRandomizedAttention(8, 4, chunk_size=4)
     fn = {"rfa": lambda *a, **kw: rfa_attention(*a, 16, **kw),
           "lara": lambda *a, **kw: lara_attention(*a, 4, **kw),
-          "lara_causal": lambda *a, **kw: lara_attention(*a, 4, causal=True, chunk_size=4, training=False, **kw),  # C changes with n
+          "lara_causal": lambda *a, **kw: lara_attention(*a, 4, causal=True, chunk_size=4, training=False, **kw),  # chunks of valid positions
           "rfa_causal": lambda *a, **kw: rfa_attention(*a, 16, causal=True, chunk_size=4, **kw),
           "lara_module": lambda *a, **kw: mod(*a, **kw),
           "ra_mean": lambda *a, **kw: randomized_attention(*a, deterministic=True, **kw)}[name]
@@ -234,10 +235,11 @@ def test_causal_no_leak(name, dtype):
 @pytest.mark.parametrize("n,L,gamma", [(1, 4, 1.0), (5, 5, 1.0), (13, 4, 0.0), (20, 6, 2.0), (23, 3, 1.0)])
 def test_causal_lara_matches_per_query_reference_outputs_and_grads(n, L, gamma):
     q, k, v = (x.requires_grad_() for x in qkv(n, 4, seed=30 + n, dtype=F64))
-    qb, kb, _ = lara_landmarks(q, k, 0, chunk_size=L)
-    om = ((qb + kb) * 4 ** -0.25 + rand(qb.shape[0], 4, seed=31, dtype=F64)).detach()
+    C = -(-n // L)                                              # one proposal per chunk
+    qb, kb, _ = lara_landmarks(q, k, C, chunk_size=L)
+    om = ((qb + kb) * 4 ** -0.25 + rand(C, 4, seed=31, dtype=F64)).detach()
     w = rand(n, 4, seed=32, dtype=F64)
-    a = lara_attention(q, k, v, 1, causal=True, chunk_size=L, omega=om, gamma=gamma)
+    a = lara_attention(q, k, v, C, causal=True, chunk_size=L, omega=om, gamma=gamma)
     b = naive_causal_lara(q, k, v, L, om, gamma)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
@@ -284,7 +286,7 @@ def test_modules_train_and_register_shapes():
 def test_grads_finite_with_padding_and_causal():
     q, k, v = (x.requires_grad_() for x in qkv(2, 19, 8, seed=24))
     mask = torch.zeros(2, 19, dtype=torch.bool); mask[0, :6] = True; mask[1, 15:] = True
-    for fn in (lambda: lara_attention(q, k, v, 4, causal=True, chunk_size=4, key_padding_mask=mask),
+    for fn in (lambda: lara_attention(q, k, v, 5, causal=True, chunk_size=4, key_padding_mask=mask),
                lambda: rfa_attention(q, k, v, 8, causal=True, chunk_size=4, key_padding_mask=mask),
                lambda: lara_attention(q, k, v, 4, key_padding_mask=mask)):
         out = fn()
@@ -309,6 +311,213 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="perfect square"): lara_attention(q, k, v, 3, grid=(2, 3))
     with pytest.raises(ValueError, match="grid"): lara_attention(q, k, v, 4, grid=(2, 2))
     with pytest.raises(ValueError, match="causal=True needs"): randomized_attention(q, k[:, :5], v[:, :5], causal=True)
-    with pytest.raises(ValueError, match="n == m"): lara_attention(q, k[:, :5], v[:, :5], 2)
+    with pytest.raises(ValueError, match="n == m"): lara_attention(q, k[:, :5], v[:, :5], 2, causal=True)
     with pytest.raises(ValueError, match="omega"): rfa_attention(q, k, v, 4, omega=torch.randn(4, 3))
     with pytest.raises(ValueError, match="eval_mode"): RandomizedAttention(4, eval_mode="max")
+
+
+# ---------------------------------------------------------------- LARA with n != m (cross-attention)
+
+@pytest.mark.parametrize("n", [10, 1])
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_lara_cross_attention_explicit_landmarks_match_literal_formula(n, gamma):
+    # n queries, m = 14 keys of which the last 3 are padding; any landmarks; output [..., n, dv] equals the literal formula
+    # on the 11 real keys (r normalized over all n queries: with n != m no query is padding unless query_padding_mask says so)
+    m, C, r = 14, 4, 6 ** -0.25
+    q, k, v = rand(1, 2, n, 6, seed=40, dtype=F64), rand(1, 2, m, 6, seed=41, dtype=F64), rand(1, 2, m, 5, seed=42, dtype=F64)
+    qb, kb = rand(1, 2, C, 6, seed=43, dtype=F64), rand(1, 2, C, 6, seed=44, dtype=F64)
+    om = (qb + kb) * r + rand(1, 2, C, 6, seed=45, dtype=F64)
+    mask = (torch.arange(m) >= 11).expand(1, 1, m)
+    out = lara_attention(q, k, v, C, landmarks=(qb, kb), omega=om, gamma=gamma, key_padding_mask=mask)
+    assert out.shape == (1, 2, n, 5)
+    for h in range(2):
+        ref = naive_lara(q[0, h] * r, k[0, h, :11] * r, v[0, h, :11], (qb[0, h] + kb[0, h]) * r, om[0, h], qb[0, h] * r, gamma)
+        torch.testing.assert_close(out[0, h], ref, rtol=0, atol=1e-10)
+
+
+def test_lara_query_padding_mask_leaves_real_queries_unchanged():
+    # 7 real queries + 3 padded ones (left), 9 keys: the real queries' outputs equal those of the 7 queries alone
+    C, r = 3, 6 ** -0.25
+    q, k, v = rand(10, 6, seed=46, dtype=F64), rand(9, 6, seed=47, dtype=F64), rand(9, 6, seed=48, dtype=F64)
+    qb, kb = rand(C, 6, seed=49, dtype=F64), rand(C, 6, seed=50, dtype=F64)
+    om = (qb + kb) * r + rand(C, 6, seed=51, dtype=F64)
+    qpad = torch.arange(10) < 3
+    out = lara_attention(q, k, v, C, landmarks=(qb, kb), omega=om, query_padding_mask=qpad)
+    ref = naive_lara(q[3:] * r, k * r, v, (qb + kb) * r, om, qb * r)
+    torch.testing.assert_close(out[3:], ref, rtol=0, atol=1e-10)
+    assert (lara_attention(q, k, v, C, landmarks=(qb, kb), omega=om)[3:] - ref).abs().max() > 1e-4   # the mask matters
+
+
+@pytest.mark.parametrize("n", [10, 1])
+def test_lara_cross_attention_1d_landmarks_from_keys(n):
+    # without landmarks and n != m: key landmarks are the 1D split of the real keys (m = 14 real keys, C = 4: segments
+    # of 3, 3, 4, 4 keys), every query landmark is the mean query; padded keys change nothing
+    m, C, r = 14, 4, 6 ** -0.25
+    q, k, v = rand(n, 6, seed=52, dtype=F64), rand(m, 6, seed=53, dtype=F64), rand(m, 6, seed=54, dtype=F64)
+    kb = torch.stack([k[a:b].mean(0) for a, b in ((0, 3), (3, 6), (6, 10), (10, 14))])
+    qb = q.mean(0).expand(C, 6)
+    om = (qb + kb) * r + rand(C, 6, seed=55, dtype=F64)
+    out = lara_attention(q, k, v, C, omega=om)
+    assert out.shape == (n, 6)
+    torch.testing.assert_close(out, naive_lara(q * r, k * r, v, (qb + kb) * r, om, qb * r), rtol=0, atol=1e-10)
+    kp, vp = torch.cat([k, 40 * rand(5, 6, seed=56, dtype=F64)]), torch.cat([v, rand(5, 6, seed=57, dtype=F64)])
+    out_p = lara_attention(q, kp, vp, C, omega=om, key_padding_mask=torch.arange(m + 5) >= m)
+    torch.testing.assert_close(out_p, out, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- causal LARA: segments, padding, num_proposals
+
+@pytest.mark.parametrize("n,C,gamma", [(23, 5, 1.0), (3, 5, 1.0), (30, 4, 0.0), (13, 13, 2.0)])
+def test_causal_lara_segments_match_per_query_reference(n, C, gamma):
+    # default causal mode: the C segments of the 1D split (unequal lengths, e.g. 4, 4, 5, 5, 5 at n = 23, C = 5)
+    q, k, v = (x.requires_grad_() for x in qkv(n, 4, seed=60 + n, dtype=F64))
+    qb, kb, _ = lara_landmarks(q, k, C)
+    om = ((qb + kb) * 4 ** -0.25 + rand(C, 4, seed=61, dtype=F64)).detach()
+    w = rand(n, 4, seed=62, dtype=F64)
+    a = lara_attention(q, k, v, C, causal=True, omega=om, gamma=gamma)
+    b = naive_causal_lara(q, k, v, None, om, gamma, num_proposals=C)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("lengths", [(40, 25), (17, 40, 3, 1), (39, 40)])
+@pytest.mark.parametrize("chunk_size", [None, 7])
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_causal_lara_padding_invariant_for_mixed_lengths(lengths, chunk_size, left, training):
+    # A padded batch gives, on each sequence's real positions, exactly what that sequence gives alone. Both calls use the
+    # same draws: the noise eps [B, H, C, d] is passed in (its shape depends on C, not on any length), and the sequence
+    # alone gets its own row eps[b]. Segments/chunks are counted over each sequence's real positions.
+    C, H, d, N = 6, 2, 8, max(lengths)
+    q, k, v = qkv(len(lengths), H, N, d, seed=70, dtype=F64)
+    eps = rand(len(lengths), H, C, d, seed=71, dtype=F64)
+    pos = torch.arange(N)
+    mask = torch.stack([pos < N - n if left else pos >= n for n in lengths])[:, None]       # [B, 1, N]
+    out = lara_attention(q, k, v, C, causal=True, key_padding_mask=mask, chunk_size=chunk_size, eps=eps, training=training)
+    for b, n in enumerate(lengths):
+        real = slice(N - n, N) if left else slice(0, n)
+        alone = lara_attention(q[b:b + 1, :, real], k[b:b + 1, :, real], v[b:b + 1, :, real], C, causal=True,
+                               chunk_size=chunk_size, eps=eps[b:b + 1], training=training)
+        assert (out[b:b + 1, :, real] - alone).abs().max() < 1e-10
+    assert (out[mask.expand(-1, H, -1)] == 0).all()                                           # padded positions: zeros
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_causal_lara_module_padding_invariant_for_mixed_lengths(chunk_size):
+    m = LinearRandomizedAttention(8, 6, mix_keys=True, chunk_size=chunk_size).double().eval()
+    lengths, N = (30, 12, 1), 30
+    q, k, v = qkv(3, 2, N, 8, seed=72, dtype=F64)
+    mask = torch.stack([torch.arange(N) >= n for n in lengths])[:, None]
+    with torch.no_grad():
+        out = m(q, k, v, key_padding_mask=mask, causal=True)
+        for b, n in enumerate(lengths):
+            alone = m(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n], causal=True)
+            assert (out[b:b + 1, :, :n] - alone).abs().max() < 1e-10
+
+
+def test_num_proposals_is_honoured():
+    # n = 196, C = 32: the 1D split gives 28 segments of 6 and 4 of 7 positions, i.e. 32 proposals (a chunk length of
+    # ceil(196/32) = 7 would give 28). Segment 0 = positions [0, 6) is exact softmax attention; position 6 is not.
+    q, k, v = qkv(196, 8, seed=80, dtype=F64)
+    qb, kb, valid = lara_landmarks(q, k, 32)
+    assert qb.shape == (32, 8) and valid.all()
+    eps = rand(32, 8, seed=81, dtype=F64)
+    out = lara_attention(q, k, v, 32, causal=True, eps=eps)
+    ref = softmax_attention(q, k, v, causal=True)
+    torch.testing.assert_close(out[:6], ref[:6], rtol=0, atol=1e-12)
+    assert (out[6] - ref[6]).abs().max() > 1e-6
+    # proposal 30 (from segment 30 = positions [182, 189)) is used by the last segment [189, 196) only
+    eps2 = eps.clone(); eps2[30] += 1
+    out2 = lara_attention(q, k, v, 32, causal=True, eps=eps2)
+    assert (out2[:189] - out[:189]).abs().max() == 0 and (out2[189:] - out[189:]).abs().max() > 1e-6
+    # chunk_size: one proposal per chunk, never silently more or fewer than num_proposals slots
+    with pytest.raises(ValueError, match=r"num_proposals=4 is too small.*num_proposals >= 5"):
+        lara_attention(q[:19], k[:19], v[:19], 4, causal=True, chunk_size=4)
+    with pytest.raises(ValueError, match=r"num_proposals=4 is too small"): lara_landmarks(q[:19], k[:19], 4, chunk_size=4)
+    assert lara_landmarks(q[:19], k[:19], 6, chunk_size=4)[2].tolist() == [True] * 5 + [False]
+    with pytest.raises(ValueError, match=r"omega must have shape \[\.\.\., C, d\] with C = num_proposals = 32"):
+        lara_attention(q, k, v, 32, causal=True, omega=eps[:28])
+    with pytest.raises(ValueError, match=r"landmarks\[0\] must have shape"):
+        lara_attention(q, k, v, 32, landmarks=(qb[:28], kb[:28]))
+
+
+def test_lara_new_argument_errors():
+    q, k, v = qkv(2, 6, 4)
+    with pytest.raises(ValueError, match="query_padding_mask must have shape"):
+        lara_attention(q, k, v, 2, query_padding_mask=torch.zeros(5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="query_padding_mask must be a bool"):
+        lara_attention(q, k, v, 2, query_padding_mask=torch.zeros(6))
+    with pytest.raises(ValueError, match="do not pass query_padding_mask"):
+        lara_attention(q, k, v, 2, causal=True, query_padding_mask=torch.zeros(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="eps must have shape"): lara_attention(q, k, v, 2, eps=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="chunk_size must be an int"): lara_attention(q, k, v, 2, causal=True, chunk_size=0)
+
+
+# ---------------------------------------------------------------- RA at evaluation
+
+def _ra_by_hand(q, k, v, seed, num_samples, std):
+    "RA written out with the counter-based draws: Gumbel-max component, omega = q~ + k~_m (+ std * eps), softmax over keys."
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    r = d ** -0.25
+    qs, ks = q * r, k * r
+    out = 0
+    for s in range(num_samples):
+        u = _counter_uniform(seed, s, 0, torch.arange(n)[:, None], torch.arange(m))
+        idx = (qs @ ks.T - (-u.log()).log()).argmax(-1)
+        omega = qs + ks[idx] + std * _counter_normal(seed, s, torch.arange(n)[:, None], torch.arange(d))
+        out = out + torch.softmax(omega @ ks.T - 0.5 * (ks * ks).sum(-1), -1) @ v
+    return out / num_samples
+
+
+@pytest.mark.parametrize("eval_noise,std", [(0.0, 0.0), ("exact", 1.0), (0.3, 0.3)])
+def test_ra_eval_matches_hand_formula(eval_noise, std):
+    q, k, v = rand(3, 2, seed=90, dtype=F64), rand(4, 2, seed=91, dtype=F64), rand(4, 3, seed=92, dtype=F64)
+    mod = RandomizedAttention(2, num_samples=2, eval_noise=eval_noise, eval_seed=7).eval()
+    torch.testing.assert_close(mod(q, k, v), _ra_by_hand(q, k, v, 7, 2, std), rtol=0, atol=1e-12)
+
+
+def test_ra_eval_reproducible_official_and_training_random():
+    q, k, v = qkv(2, 3, 9, 8, seed=93)
+    mod = RandomizedAttention(8).eval()
+    a, b = mod(q, k, v), mod(q, k, v)
+    assert torch.equal(a, b)                                                       # bit-equal twice
+    assert torch.equal(mod(q[:1], k[:1], v[:1]), a[:1])                           # and independent of the batch
+    assert (RandomizedAttention(8, eval_seed=1).eval()(q, k, v) - a).abs().max() > 1e-3
+    # official eval: no Gaussian noise, so every query's output is f at q~ + k~_m for one key m
+    r = 8 ** -0.25
+    omega = (q * r).unsqueeze(-2) + (k * r).unsqueeze(-3)                          # [2, 3, n, m, d]: q~_n + k~_m
+    logits = torch.einsum("bhnmd,bhjd->bhnmj", omega, k * r) - 0.5 * (k * r).square().sum(-1)[:, :, None, None]
+    cand = torch.einsum("bhnmj,bhjd->bhnmd", torch.softmax(logits, -1), v)        # [2, 3, n, m, dv]
+    assert (cand - a.unsqueeze(-2)).abs().amax(-1).amin(-1).max() < 1e-5
+    assert (RandomizedAttention(8, eval_noise="exact").eval()(q, k, v) - a).abs().max() > 1e-3
+    mod.train()
+    torch.manual_seed(0)
+    t1, t2 = mod(q, k, v), mod(q, k, v)
+    assert (t1 - t2).abs().max() > 1e-3                                            # training draws stay random
+    torch.testing.assert_close(mod(q, k, v, generator=gen(5)), mod(q, k, v, generator=gen(5)), rtol=0, atol=0)
+
+
+def test_ra_eval_component_draws_follow_pi():
+    # over eval seeds, the sampled component of each query follows pi exactly (z-scores of the frequencies < 5)
+    q, k, v = rand(2, 3, seed=94, dtype=F64), rand(4, 3, seed=95, dtype=F64), torch.eye(4, dtype=F64)
+    r = 3 ** -0.25
+    pi = torch.softmax(q @ k.T * r * r, -1)
+    cand = torch.softmax((q * r)[:, None] @ (k * r).T + (k * r)[None] @ (k * r).T - 0.5 * (k * r).square().sum(-1), -1)   # [n, m, m]
+    S = 2000
+    counts = torch.zeros(2, 4, dtype=F64)
+    for seed in range(S):
+        out = randomized_attention(q, k, v, noise=0.0, seed=seed)                  # [2, 4]
+        hit = (cand - out[:, None]).abs().amax(-1) < 1e-12                          # which candidate it is
+        assert (hit.sum(-1) == 1).all()
+        counts += hit
+    z = (counts / S - pi) / (pi * (1 - pi) / S).sqrt()
+    assert z.abs().max() < 5, z
+
+
+def test_ra_eval_argument_errors():
+    with pytest.raises(ValueError, match="eval_noise must be"): RandomizedAttention(4, eval_noise="loud")
+    with pytest.raises(ValueError, match="eval_seed must be"): RandomizedAttention(4, eval_seed=-1)
+    q, k, v = qkv(5, 4)
+    with pytest.raises(ValueError, match="generator or a seed"): randomized_attention(q, k, v, generator=gen(), seed=0)
+    with pytest.raises(ValueError, match="seed must be"): randomized_attention(q, k, v, seed=1.5)
