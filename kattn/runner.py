@@ -236,6 +236,7 @@ SUITE = [
     ("conversion", {}),               # Luo Fig. 2: softmax models converted to PRF without fine-tuning
     ("lm", {}),                       # Luo Table 2: causal LM with six attentions on enwiki-106
     ("mt", {}),                       # Luo Table 3: translation (De-En, En-De) on ding-de-en, four attention set-ups
+    ("mt", {"study": "zheng"}),       # Zheng: the encoder's self-attention softmax / RA / RFA / LARA, softmax decoder
     ("feature_maps", {}),             # Luo Fig. 3: NPRF + RPE vs m and feature maps
     ("mlm_finetune", {}),             # Luo Table 1: masked-LM pre-training, fine-tuning on stand-in tasks
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
