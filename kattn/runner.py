@@ -17,9 +17,14 @@ import math
 import os
 import platform
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -146,6 +151,43 @@ def _resolve(name, preset, params, root):
     if params["preset"] not in PRESETS: raise ValueError(f"preset must be one of {PRESETS}, got {params['preset']!r}")
     return path, defaults, params
 
+# %% ../nbs/11_runner.ipynb #e67d7e25
+class _Terminated(KeyboardInterrupt):
+    "SIGTERM, raised as an interrupt so that a terminated run cleans up exactly as one stopped with Ctrl-C."
+
+def _on_sigterm(signum, frame): raise _Terminated("terminated by SIGTERM")
+
+@contextmanager
+def _sigterm_as_interrupt():
+    "In the block SIGTERM raises `_Terminated` in the main thread (signal handlers live there); the old handler comes back after."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
+def _written_before(p: Path, t: float) -> bool | None:
+    "Was `p` last written before time `t`? None when it does not exist."
+    try: return p.stat().st_mtime < t
+    except FileNotFoundError: return None
+
+def _failure_path(out: Path, slug: str, since: float) -> Path:
+    "Where a run that started at `since` keeps its failed notebook: <slug>.failed.ipynb, unless another run wrote that since."
+    p = out / f"{slug}.failed.ipynb"
+    return out / f"{slug}+{os.getpid()}.failed.ipynb" if _written_before(p, since) is False else p
+
+def _stale_failures(out: Path, slug: str, since: float) -> list:
+    "The slug's failure records written before `since`: those a run that started then and succeeded supersedes."
+    pat = re.compile(re.escape(slug) + r"(\+\d+)?\.failed\.ipynb")        # '+' never occurs in a slug
+    return sorted(p for p in out.glob("*.failed.ipynb") if pat.fullmatch(p.name) and _written_before(p, since))
+
+def _kernel_config():
+    "jupyter_client settings for the kernel papermill starts: CurveZMQ transport encryption where pyzmq and jupyter_client have it."
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+    ok = zmq.has("curve") and "transport_encryption" in KernelManager.class_trait_names()
+    return Config({"KernelManager": {"transport_encryption": "auto"}} if ok else {})
+
 # %% ../nbs/11_runner.ipynb #323413d1
 def scrub_paths(path, name: str, slug: str):
     "Replace the absolute paths papermill stores in a record's metadata by project-relative ones."
@@ -167,36 +209,38 @@ def run_experiment(name: str, # template name in nbs/experiments
     out = Path(runs_dir or cfg.runs_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     slug = make_slug(params["preset"], {k: v for k, v in params.items() if k != "preset"})
-    tmp_nb, tmp_js = out / f".tmp-{slug}-{os.getpid()}.ipynb", out / f".tmp-{slug}-{os.getpid()}.json"
+    tmp_nb, tmp_js = out / f".tmp-{slug}-{os.getpid()}.ipynb", out / f".tmp-{slug}-{os.getpid()}.json"   # this run's own
+    saved = {k: os.environ.get(k) for k in ("KATTN_METRICS_PATH", "TQDM_DISABLE", "PYTHONWARNINGS")}
     os.environ["KATTN_METRICS_PATH"] = str(tmp_js.resolve())
-    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS")}
     os.environ["TQDM_DISABLE"] = "1"                         # progress bars would be stored in the record,
     os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"   # and tqdm.auto's widget warning with a machine path
-    t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    try:
-        pm.execute_notebook(str(path), str(tmp_nb), parameters=params, cwd=str(path.parent),
-                           kernel_name="python3", language="python", progress_bar=False)
-        if not tmp_js.is_file(): raise RuntimeError(f"{path.name} finished without calling kattn.runner.save_metrics")
-        metrics = json.loads(tmp_js.read_text())
-        rows = [paper_row(**r) for r in metrics.pop("paper_results", [])]
-        scrub_paths(tmp_nb, name, slug)
-    except BaseException as e:
-        if tmp_nb.exists(): os.replace(tmp_nb, out / f"{slug}.failed.ipynb")
-        tmp_js.unlink(missing_ok=True)
-        raise RuntimeError(f"experiment {name!r} failed ({type(e).__name__}: {e}); "
-                           f"kept {out / (slug + '.failed.ipynb')}; the last good record is untouched") from e
-    finally:
-        os.environ.pop("KATTN_METRICS_PATH", None)
-        for k, v in saved.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
-    record = {"experiment": name, "slug": slug, "preset": params["preset"],
-              "parameters": {**defaults, **params}, "overrides": params, "metrics": metrics,
-              "provenance": environment(), "started_utc": started, "wall_time_s": round(time.perf_counter() - t0, 2),
-              "notebook": f"{slug}.ipynb", "paper_results": rows}
-    tmp_js.write_text(json.dumps(record, indent=1, default=_jsonable))
-    os.replace(tmp_nb, out / f"{slug}.ipynb"); os.replace(tmp_js, out / f"{slug}.json")
-    (out / f"{slug}.failed.ipynb").unlink(missing_ok=True)
+    t0, since, started = time.perf_counter(), time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with _sigterm_as_interrupt():
+        try:
+            pm.execute_notebook(str(path), str(tmp_nb), parameters=params, cwd=str(path.parent), kernel_name="python3",
+                                language="python", progress_bar=False, config=_kernel_config())
+            if not tmp_js.is_file(): raise RuntimeError(f"{path.name} finished without calling kattn.runner.save_metrics")
+            metrics = json.loads(tmp_js.read_text())
+            rows = [paper_row(**r) for r in metrics.pop("paper_results", [])]
+            scrub_paths(tmp_nb, name, slug)
+            record = {"experiment": name, "slug": slug, "preset": params["preset"],
+                      "parameters": {**defaults, **params}, "overrides": params, "metrics": metrics,
+                      "provenance": environment(), "started_utc": started,
+                      "wall_time_s": round(time.perf_counter() - t0, 2), "notebook": f"{slug}.ipynb", "paper_results": rows}
+            tmp_js.write_text(json.dumps(record, indent=1, default=_jsonable))
+            os.replace(tmp_nb, out / f"{slug}.ipynb"); os.replace(tmp_js, out / f"{slug}.json")
+        except BaseException as e:
+            kept = None
+            if tmp_nb.exists(): kept = _failure_path(out, slug, since); os.replace(tmp_nb, kept); os.utime(kept)
+            tmp_js.unlink(missing_ok=True)
+            why = (str(e) or "interrupted") if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            raise RuntimeError(f"experiment {name!r} failed ({why}); {f'kept {kept}' if kept else 'no notebook was written'}; "
+                               "the last good record is untouched") from e
+        finally:
+            for k, v in saved.items():
+                if v is None: os.environ.pop(k, None)
+                else: os.environ[k] = v
+    for p in _stale_failures(out, slug, since): p.unlink(missing_ok=True)
     return record
 
 # %% ../nbs/11_runner.ipynb #7a3f9b12
@@ -244,14 +288,16 @@ SUITE = [
 
 # %% ../nbs/11_runner.ipynb #b4ce4b5a
 def reproduce(preset: str = None, root=None, site: bool = True) -> list:
-    "Run every experiment in SUITE, then build the site; return the failures."
+    "Run every experiment in SUITE, then build the site; return the failures. An interrupted run stops the suite."
     failed = []
     for name, params in SUITE:
         if name not in list_experiments(root): failed.append((name, "template missing")); continue
         print(f"== kattn run {name} --preset {preset or get_config(root).preset} {params or ''}", flush=True)
         t0 = time.perf_counter()
         try: run_experiment(name, preset, params, root=root)
-        except RuntimeError as e: failed.append((name, str(e))); print(e, file=sys.stderr); continue
+        except RuntimeError as e:
+            if isinstance(e.__cause__, KeyboardInterrupt): raise         # Ctrl-C or SIGTERM: stop, do not go on
+            failed.append((name, str(e))); print(e, file=sys.stderr); continue
         print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
     if site: build_site(root)
     return failed
@@ -263,26 +309,64 @@ def build_site(root=None):
     return _build(root=root)
 
 # %% ../nbs/11_runner.ipynb #c6f0c77c
+def _title(path) -> str:
+    "An experiment template's title: its first `# ` heading, without the 'Experiment:' prefix."
+    for c in json.loads(Path(path).read_text())["cells"]:
+        s = "".join(c["source"]).lstrip()
+        if c["cell_type"] == "markdown" and s.startswith("# "): return re.sub(r"^#\s+(Experiment:\s*)?", "", s.split("\n")[0])
+    return ""
+
+def _experiment_table(root=None, width: int = None) -> str:
+    "`kattn list`: each experiment, the preset `kattn run` uses when none is given, and the defaults of its other parameters."
+    cfg = get_config(root)
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    names = list_experiments(cfg.root)
+    w = max([len("experiment"), *map(len, names)]) + 2
+    lines = [f"{'experiment':{w}}{'preset':8}parameters (defaults; set one with -p KEY VALUE)"]
+    for n in names:
+        ps = notebook_parameters(experiments_dir(cfg.root) / f"{n}.ipynb"); ps.pop("preset", None)
+        text = ", ".join(f"{k}={v!r}" for k, v in ps.items()) or "(none)"
+        wrapped = textwrap.wrap(text, max(30, width - w - 8), break_long_words=False, break_on_hyphens=False)
+        lines += [f"{n:{w}}{cfg.preset:8}{wrapped[0]}", *(" " * (w + 8) + l for l in wrapped[1:])]
+    lines += ["", *textwrap.wrap(f"preset: what `kattn run NAME` uses, from settings.ini [kattn] preset or KATTN_PRESET; "
+                                 f"choose another with --preset {'|'.join(PRESETS)}", max(40, width))]
+    return "\n".join(lines)
+
 def _parser():
+    try: cfg = get_config(); default, names = repr(cfg.preset), list_experiments(cfg.root)
+    except Exception: default, names = "settings.ini's", []               # a bad setting is reported when a command reads it
+    preset_help = (f"smoke (seconds), cpu (minutes on 2 CPU cores) or paper (the papers' sizes, for a GPU); "
+                   f"default {default}, from settings.ini [kattn] preset or KATTN_PRESET")
+    param_help = ("set a parameter of the template's `parameters` cell; VALUE is read as a Python literal (64, 0.5, True, "
+                  "[1, 2]), else as a string; repeat for several; `kattn list` shows each experiment's parameters")
+    exps = "experiments (nbs/experiments/NAME.ipynb):\n" + "\n".join(
+        f"  {n:24} {_title(experiments_dir(cfg.root) / f'{n}.ipynb')}" for n in names) if names else ""
     p = argparse.ArgumentParser(prog="kattn", description="kattn: experiments, site and data")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="execute nbs/experiments/NAME.ipynb into runs/NAME/")
-    r.add_argument("name"); r.add_argument("--preset", choices=PRESETS)
-    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
-    s = sub.add_parser("script", help="write nbs/experiments/NAME.ipynb as a plain Python script (no papermill needed)")
-    s.add_argument("name"); s.add_argument("--preset", choices=PRESETS); s.add_argument("-o", "--output", default=None)
-    s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="execute nbs/experiments/NAME.ipynb into runs/NAME/", epilog=exps,
+                       description="Execute an experiment template with papermill into runs/NAME/<slug>.ipynb + .json\n"
+                                   "(the slug is the preset and the overridden parameters). A failed or stopped run\n"
+                                   "keeps runs/NAME/<slug>.failed.ipynb and never touches the last good record.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("name", metavar="NAME", help="the experiment: one of those listed below")
+    r.add_argument("--preset", choices=PRESETS, help=preset_help)
+    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help=param_help)
+    s = sub.add_parser("script", help="write nbs/experiments/NAME.ipynb as a plain Python script (no papermill needed)",
+                       epilog=exps, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("name", metavar="NAME", help="the experiment: one of those listed below")
+    s.add_argument("--preset", choices=PRESETS, help=preset_help)
+    s.add_argument("-o", "--output", default=None, metavar="FILE", help="the script to write (default: NAME__SLUG.py here)")
+    s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help=param_help)
     rp = sub.add_parser("reproduce", help="run the experiment suite, then build the site")
-    rp.add_argument("--preset", choices=PRESETS); rp.add_argument("--no-site", action="store_true")
+    rp.add_argument("--preset", choices=PRESETS, help=preset_help)
+    rp.add_argument("--no-site", action="store_true", help="do not build the site after the runs")
     sub.add_parser("site", help="build the website into _site/")
-    sub.add_parser("list", help="list experiments and their parameters")
-    sub.add_parser("data", help="dataset cache commands (see `kattn data -h`)", add_help=False)
+    sub.add_parser("list", help="table of the experiments: default preset and parameters")
+    sub.add_parser("data", help="dataset cache: list, fetch (see `kattn data -h`)", add_help=False)
     return p
 
 # %% ../nbs/11_runner.ipynb #f58379ac
-def main(argv=None) -> int:
-    "Entry point of the `kattn` console script."
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _main(argv: list) -> int:
     # everything after `data` (including -h) belongs to kattn.data.fetch, so it bypasses this parser
     a = argparse.Namespace(cmd="data") if argv[:1] == ["data"] else _parser().parse_args(argv)
     try:
@@ -298,8 +382,25 @@ def main(argv=None) -> int:
             failed = reproduce(a.preset, site=not a.no_site)
             if failed: print(f"{len(failed)} experiment(s) failed: {[n for n, _ in failed]}", file=sys.stderr); return 1
         elif a.cmd == "site": build_site()
-        elif a.cmd == "list":
-            for n in list_experiments(): print(n, notebook_parameters(experiments_dir() / f"{n}.ipynb"))
+        elif a.cmd == "list": print(_experiment_table())
     except (ValueError, RuntimeError) as e:
-        print(f"kattn {a.cmd}: error: {e}", file=sys.stderr); return 2 if isinstance(e, ValueError) else 1
+        print(f"kattn {a.cmd}: error: {e}", file=sys.stderr)
+        if isinstance(e.__cause__, KeyboardInterrupt): return 128 + (signal.SIGTERM if isinstance(e.__cause__, _Terminated) else signal.SIGINT)
+        return 2 if isinstance(e, ValueError) else 1
     return 0
+
+def main(argv=None) -> int:
+    "Entry point of the `kattn` console script."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()               # a reader that went away shows up here when the output fitted the buffer
+        return code
+    except KeyboardInterrupt:
+        print("kattn: interrupted", file=sys.stderr); return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # `kattn list | head -1`: the reader closed the pipe. Stop quietly, with stdout on devnull so that the
+        # interpreter's flush at exit does not fail again (Python docs, signal module, "Note on SIGPIPE").
+        try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError): pass
+        return 1

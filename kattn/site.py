@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 # %% ../nbs/12_site.ipynb #c8e0f5dc
-_SKIP = re.compile(r'(^|/)[._]|\.failed\.ipynb$|(^|/)(_proc|_site|_docs)/')
+_SKIP = re.compile(r'(^|/)[._]|\.failed\.ipynb$|(^|/)(_proc|_site|_docs)/|^runs/(.*/)?smoke(__[^/]*)?\.[^/]+$')
 
 def find_root(root=None) -> Path:
     "The project root: `root`, or the nearest folder at or above the working directory holding `_quarto.yml`."

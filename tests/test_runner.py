@@ -1,9 +1,10 @@
 "kattn.runner: papermill runs into runs/ atomically, with provenance; CLI errors; suite registry."
-import json, os, subprocess, sys
+import argparse, json, os, re, shlex, signal, subprocess, sys, time
 from pathlib import Path
 import nbformat
 import pytest
 from kattn import runner
+from kattn.config import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,3 +125,154 @@ def test_committed_paper_results_are_valid():
                            ("mt", "luo-table3"), ("mlm_finetune", "luo-table1")):
         rows = json.loads((ROOT / "runs" / name / "cpu.json").read_text())["paper_results"]
         assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
+
+
+CLI = "import sys; from kattn.runner import main; sys.exit(main({!r}))"
+
+
+def cli(args, **kw):
+    "The `kattn` command line in a fresh interpreter (the console script may import another checkout)."
+    return subprocess.run([sys.executable, "-c", CLI.format(list(args))], **{"capture_output": True, "text": True, **kw})
+
+
+def test_notebooks_name_their_kernel():
+    nbs = sorted((ROOT / "nbs").glob("*.ipynb")) + sorted((ROOT / "nbs" / "experiments").glob("*.ipynb"))
+    assert len(nbs) > 20
+    for p in nbs:
+        meta = json.loads(p.read_text())["metadata"]
+        assert meta.get("kernelspec", {}).get("name") == "python3" and meta["kernelspec"].get("language") == "python", p
+        assert meta.get("language_info", {}).get("name") == "python", p
+
+
+def test_readme_papermill_command_runs_as_written(tmp_path):
+    cmds = re.findall(r"`(\.venv/bin/papermill [^`]+)`", (ROOT / "README.md").read_text())
+    assert len(cmds) == 1, cmds
+    argv = shlex.split(cmds[0])
+    assert argv[1].startswith("nbs/experiments/") and argv[2] == "out.ipynb" and argv[3:5] == ["-p", "preset"], argv
+    exe = Path(sys.executable).parent / "papermill"                 # .venv/bin/papermill of the running venv
+    out = tmp_path / "out.ipynb"
+    # exactly the README's command, from the project root, at the seconds-long preset and writing into tmp_path
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "papermill"]),
+           argv[1], str(out), "-p", "preset", "smoke", *argv[6:]]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    nb = nbformat.read(out, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert nb.metadata.papermill.parameters == {"preset": "smoke"}
+    assert all(c.execution_count for c in code) and sum(bool(c.outputs) for c in code) >= 3
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+
+
+def test_cli_help_lists_experiments_and_explains_every_argument():
+    sub = next(a for a in runner._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"run", "script", "reproduce", "site", "list", "data"}
+    for cmd, p in sub.choices.items():
+        for a in p._actions: assert a.help, (cmd, a.dest)             # help= on every argument
+    r = cli(["run", "--help"], cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    for name in runner.list_experiments(ROOT):                        # each experiment, with its title
+        assert re.search(rf"^  {name} +\S", r.stdout, re.M), name
+    assert re.search(r"^  toeplitz_fft +Toeplitz product by FFT vs dense$", r.stdout, re.M)
+    flat = " ".join(r.stdout.split())
+    assert f"default {get_config(ROOT).preset!r}" in flat and "-p KEY VALUE, --param KEY VALUE" in flat
+
+
+def test_list_prints_a_table_with_the_default_preset(tmp_path, monkeypatch, capsys):
+    root = make_project(tmp_path, BODY)                               # template default preset: smoke
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("KATTN_PRESET", "paper")                         # what `kattn run tiny` would use
+    assert runner.main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["experiment", "preset", "parameters"]
+    assert lines[1].split() == ["tiny", "paper", "x=2,", "fail=False"]
+    assert "KATTN_PRESET" in out.split("\n\n")[-1] and "{" not in out
+
+
+@pytest.mark.parametrize("args", [["list"], ["data", "list"], ["run", "--help"]])
+def test_closed_pipe_exits_quietly(tmp_path, args):
+    root = make_project(tmp_path, BODY)
+    rd, wr = os.pipe(); os.close(rd)                                  # the reader is gone (`kattn list | head -1`)
+    try: r = cli(args, cwd=root, stdout=wr, stderr=subprocess.PIPE, capture_output=False,
+                 env={**os.environ, "KATTN_DATA_DIR": str(tmp_path / "data")}, timeout=300)
+    finally: os.close(wr)
+    # argparse itself swallows the failed write of --help (exit 0); kattn's own output ends with exit status 1
+    assert r.returncode == (0 if "--help" in args else 1) and r.stderr == "", r.stderr
+
+
+def test_smoke_records_are_git_ignored():
+    if subprocess.run(["git", "--version"], capture_output=True).returncode: pytest.skip("needs git")
+    paths = ["runs/lm/smoke.json", "runs/lm/smoke.ipynb", "runs/lm/smoke__d=32.ipynb", "runs/lm/smoke.failed.ipynb",
+             "runs/lm/cpu.json", "runs/lm/cpu__d=32.ipynb", "runs/lm/cpu__tag=smoke.json"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(paths), cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.stdout.split() == paths[:4]
+
+
+def test_success_leaves_other_runs_files_alone(tmp_path):
+    root = make_project(tmp_path, BODY)
+    out = root / "runs" / "tiny"; out.mkdir(parents=True)
+    now = time.time()
+    stale, fresh = out / "cpu.failed.ipynb", out / "cpu+99.failed.ipynb"
+    other_tmp, other_slug = out / ".tmp-cpu-99.ipynb", out / "cpu__x=5.failed.ipynb"
+    for p, t in ((stale, now - 3600), (fresh, now + 3600), (other_tmp, now - 3600), (other_slug, now - 3600)):
+        p.write_text("{}"); os.utime(p, (t, t))
+    runner.run_experiment("tiny", preset="cpu", root=root)
+    # the stale failure of this slug is superseded; a failure written during the run, another run's temporary file
+    # and another slug's failure stay
+    assert not stale.exists() and fresh.exists() and other_tmp.exists() and other_slug.exists()
+    assert (out / "cpu.json").exists()
+    with pytest.raises(RuntimeError, match=r"cpu__fail=True\.failed\.ipynb"):
+        runner.run_experiment("tiny", preset="cpu", params={"fail": True}, root=root)
+    os.utime(out / "cpu__fail=True.failed.ipynb", (now + 3600, now + 3600))   # as if a run still going had written it
+    with pytest.raises(RuntimeError, match=rf"cpu__fail=True\+{os.getpid()}\.failed\.ipynb"):
+        runner.run_experiment("tiny", preset="cpu", params={"fail": True}, root=root)
+    assert (out / "cpu__fail=True.failed.ipynb").exists()
+
+
+def test_cli_run_is_quiet_about_the_kernel_transport(tmp_path):
+    zmq = pytest.importorskip("zmq")
+    if not zmq.has("curve"): pytest.skip("pyzmq without CurveZMQ: the kernel's sockets cannot be encrypted")
+    root = make_project(tmp_path, BODY)
+    r = cli(["run", "tiny", "-p", "x", "4"], cwd=root, timeout=300)
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
+    assert json.loads((root / "runs" / "tiny" / "smoke__x=4.json").read_text())["metrics"]["y"] == 16
+    assert "without encryption" not in r.stderr, r.stderr
+
+
+SLEEPY = ("import os, pathlib, time\n"
+          "pathlib.Path(os.environ['KATTN_TEST_MARK']).write_text(str(os.getpid()))\n"
+          "time.sleep(300)")
+
+
+def alive(pid):
+    "Is process `pid` running (a zombie waiting for its parent to reap it is not)?"
+    try: return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
+    except FileNotFoundError: return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see the kernel go")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopped_run_keeps_failed_record_and_no_temp_files(tmp_path, sig):
+    root = make_project(tmp_path, SLEEPY)
+    mark = tmp_path / "kernel.pid"
+    p = subprocess.Popen([sys.executable, "-c", CLI.format(["run", "tiny"])], cwd=root, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "KATTN_TEST_MARK": str(mark)})
+    t0 = time.time()
+    while not mark.exists():                                          # the kernel is in the template's sleeping cell
+        assert p.poll() is None and time.time() - t0 < 120, p.communicate()
+        time.sleep(0.1)
+    kernel = int(mark.read_text())
+    p.send_signal(sig)                                                # to the runner only, as `kill` or a scheduler does
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig, err
+    why = "terminated by SIGTERM" if sig == signal.SIGTERM else "interrupted"
+    assert f"kattn run: error: experiment 'tiny' failed ({why}); kept " in err, err
+    assert "kattn/runner.py" not in err, err          # no traceback from the runner (the kernel may log its own shutdown)
+    runs = root / "runs" / "tiny"
+    assert sorted(q.name for q in runs.iterdir()) == ["smoke.failed.ipynb"]   # no record, no temporary file
+    assert any("injected-parameters" in c.metadata.get("tags", [])
+               for c in nbformat.read(runs / "smoke.failed.ipynb", as_version=4).cells)
+    t0 = time.time()
+    while alive(kernel) and time.time() - t0 < 30: time.sleep(0.2)
+    assert not alive(kernel), "the kernel outlived the run"

@@ -32,17 +32,18 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def test_nav_from_quarto_yml_expands_globs(tmp_path):
     for f in ["nbs/index.ipynb", "nbs/00_a.ipynb", "nbs/01b_c.ipynb", "nbs/_draft.ipynb", "nbs/experiments/e.ipynb",
               "nbs/.ipynb_checkpoints/00_a-checkpoint.ipynb", "runs/e/cpu.ipynb", "runs/e/cpu.failed.ipynb",
-              "runs/e/.tmp-x.ipynb", "runs/deep/er/smoke.ipynb"]:
+              "runs/e/.tmp-x.ipynb", "runs/deep/er/cpu__n=8.ipynb", "runs/e/smoke.ipynb", "runs/deep/er/smoke__n=8.ipynb",
+              "nbs/experiments/train_smoke.ipynb"]:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("{}")
     shutil.copy(ROOT / "_quarto.yml", tmp_path)
     nav = site_nav(tmp_path)
     got = {s["section"]: [i["src"] for i in s["items"]] for s in nav["sidebar"]}
     assert got == {None: ["nbs/index.ipynb"], "Library": ["nbs/00_a.ipynb", "nbs/01b_c.ipynb"],
-                   "Experiments": ["nbs/experiments/e.ipynb"],
-                   "Results": ["runs/deep/er/smoke.ipynb", "runs/e/cpu.ipynb"]}
+                   "Experiments": ["nbs/experiments/e.ipynb", "nbs/experiments/train_smoke.ipynb"],
+                   "Results": ["runs/deep/er/cpu__n=8.ipynb", "runs/e/cpu.ipynb"]}          # smoke records are not pages
     assert [i["text"] for i in nav["navbar"]] == ["Home", "Library", "Experiments", "Results"]
-    assert expand_glob(tmp_path, "runs/**/*.ipynb") == ["runs/deep/er/smoke.ipynb", "runs/e/cpu.ipynb"]
+    assert expand_glob(tmp_path, "runs/**/*.ipynb") == ["runs/deep/er/cpu__n=8.ipynb", "runs/e/cpu.ipynb"]
     # a notebook added later shows up without touching _quarto.yml
     (tmp_path / "nbs/02_new.ipynb").write_text("{}")
     assert "nbs/02_new.ipynb" in [i["src"] for i in site_nav(tmp_path)["sidebar"][1]["items"]]
