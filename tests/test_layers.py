@@ -73,16 +73,22 @@ def test_padding_invariance(name):
     torch.testing.assert_close(left, ref, atol=1e-9, rtol=1e-9)
 
 
-@pytest.mark.parametrize("name", CAUSAL)
-def test_parallel_equals_step_by_step(name):
-    m = det(name, causal=True)
-    x = torch.randn(2, 12, 16, dtype=torch.float64)
+def _assert_steps_equal_forward(m, n=12):
+    "Decode n positions one by one with m.step; the outputs must equal the parallel causal forward. Returns the last state."
+    x = torch.randn(2, n, 16, dtype=torch.float64)
     state, outs = None, []
     with torch.no_grad():
         par = m(x)
-        for t in range(12):
+        for t in range(n):
             y, state = m.step(x[:, t:t + 1], state); outs.append(y)
     torch.testing.assert_close(torch.cat(outs, 1), par, atol=1e-10, rtol=1e-9)
+    return state
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_parallel_equals_step_by_step(name):
+    m = det(name, causal=True)
+    state = _assert_steps_equal_forward(m)
     if ATTENTIONS[name].recurrent and m.rpe is None:
         assert set(state) == {"S", "t"} and state["S"].shape[-2:] == (m.algorithm.feature_map.num_outputs, 5)
 
@@ -229,11 +235,4 @@ def test_ra_default_eval_reproducible_and_step_equals_forward():
 def test_lara_chunked_step_equals_forward():
     # causal LARA with a fixed chunk_size: chunks do not depend on the length, so decoding equals the parallel forward
     # (past the first chunk too: 12 positions, chunks of 3, 4 proposals)
-    m = det("lara", causal=True, num_proposals=4, chunk_size=3, mix_keys=True)
-    x = torch.randn(2, 12, 16, dtype=torch.float64)
-    state, outs = None, []
-    with torch.no_grad():
-        par = m(x)
-        for t in range(12):
-            y, state = m.step(x[:, t:t + 1], state); outs.append(y)
-    torch.testing.assert_close(torch.cat(outs, 1), par, atol=1e-10, rtol=1e-9)
+    _assert_steps_equal_forward(det("lara", causal=True, num_proposals=4, chunk_size=3, mix_keys=True))
