@@ -228,7 +228,8 @@ def fit(self) -> list: # per-step records (loss, lr, grad_norm, ...)
         seed_everything(cfg.seed)
         if self.out is not None and cfg.resume and (self.out / "checkpoint.pt").exists(): self.load(self.out / "checkpoint.pt")
     batches, t0, ntok = _batches(self), time.perf_counter(), 0
-    bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress or self.rank != 0, desc="train")
+    quiet = not cfg.progress or self.rank != 0 or os.environ.get("TQDM_DISABLE", "") not in ("", "0")   # kattn run sets TQDM_DISABLE
+    bar = tqdm(total=cfg.max_steps, initial=self.step, disable=quiet, desc="train")
     while self.step < cfg.max_steps:
         rec = train_step(self, batches); ntok += rec.pop("tokens")
         self.history.append(rec); bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}")

@@ -110,3 +110,18 @@ def test_ddp_two_gloo_processes_equal_one(tmp_path):
         assert torch.equal(r0["params"][n], r1["params"][n]), n          # ranks stay in sync
         torch.testing.assert_close(r0["params"][n], one["params"][n], atol=1e-5, rtol=1e-4)
     assert r0["losses"] == pytest.approx(one["losses"], abs=1e-5)
+
+
+def test_trainer_progress_bar_respects_tqdm_disable(capsys, monkeypatch):
+    # `kattn run` sets TQDM_DISABLE so that executed records hold no progress-bar output
+    def run():
+        torch.manual_seed(0)
+        m = CausalLM(LMConfig(vocab_size=16, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_len=10, dropout=0.0,
+                              attention="softmax", attention_options={}))
+        Trainer(m, TrainConfig(max_steps=3, batch_size=4, warmup_steps=1, log_every=0, eval_every=0), CopyTask(16, k=4),
+                loss_fn=lm_loss).fit()
+        return capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert "3/3" in run()                                   # the bar is shown by default
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert run() == ""
