@@ -338,6 +338,7 @@ def translate(model: nn.Module, # a `kattn.models.Seq2Seq`
               batch_size: int = 64, # sources per batch (sorted by length)
              ) -> list: # one list of target ids per source, without BOS/EOS, in input order
     "Decode every source with beam search (or greedily), in eval mode; results in the input order."
+    from kattn.data.batching import pad_batch
     if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1: raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1: raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     srcs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sources]
@@ -349,9 +350,7 @@ def translate(model: nn.Module, # a `kattn.models.Seq2Seq`
         idx = order[b:b + batch_size]
         longest = max(len(srcs[i]) for i in idx)
         if longest > cap: raise ValueError(f"a source has {longest} tokens, more than the model's max_len={cap}")
-        ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
-        mask = torch.ones(len(idx), longest, dtype=torch.bool)
-        for r, i in enumerate(idx): ids[r, :len(srcs[i])], mask[r, :len(srcs[i])] = srcs[i], False
+        ids, mask = pad_batch([srcs[i] for i in idx], pad_id)
         ids, mask, n = ids.to(dev), mask.to(dev), min(int(max_len_a * longest + max_len_b), cap)
         seqs = model.greedy_decode(ids, bos, eos, n, mask) if beam_size == 1 else \
                model.beam_search(ids, bos, eos, beam_size, n, length_penalty, mask)[0]
