@@ -501,6 +501,7 @@ def mask_tokens(ids: Tensor, # [B, n] token ids
                 generator: torch.Generator | None = None,
                ) -> tuple: # (inputs [B, n], labels [B, n] with -100 where not predicted)
     "BERT masking: choose prob of positions; 80% -> mask_id, 10% -> random token, 10% unchanged."
+    if not 0.0 <= prob <= 1.0: raise ValueError(f"prob must be in [0, 1] (the fraction of positions predicted), got {prob}")
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     chosen = u < prob if special is None else (u < prob) & ~special
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))

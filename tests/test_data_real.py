@@ -178,3 +178,12 @@ def test_idx(tmp_path):
     np.testing.assert_array_equal(I.read_idx(tmp_path / "train-images-idx3-ubyte.gz"), imgs)
     (tmp_path / "bad").write_bytes(struct.pack(">HBBI", 0, 0x0D, 1, 1) + b"\0\0\0\0")
     with pytest.raises(ValueError, match="not a uint8 IDX"): I.read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("cut", ["header", "dims", "gzip", "empty"])
+def test_idx_truncated_names_file(tmp_path, cut):
+    imgs = np.arange(2 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(2, 28, 28)
+    raw = struct.pack(">HBBIII", 0, 8, 3, 2, 28, 28) + imgs.tobytes()
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    f.write_bytes({"header": raw[:3], "dims": raw[:9], "gzip": gzip.compress(raw)[:-30], "empty": b""}[cut])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"): I.read_idx(f)
