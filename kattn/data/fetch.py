@@ -7,7 +7,7 @@ Docs: https://kattn.github.io/kattn/data_fetch.html.md"""
 # %% auto #0
 __all__ = ['STANDINS', 'digest', 'download_pypi', 'download_deb', 'package_files', 'build_enwiki', 'build_austen',
            'build_shakespeare', 'build_web', 'build_fashion', 'build_rt', 'build_ding', 'manifest', 'check', 'verify',
-           'fetch', 'read_prose', 'read_fashion_mnist', 'cli_main']
+           'fetch', 'read_checked', 'read_prose', 'read_fashion_mnist', 'cli_main']
 
 # %% ../../nbs/08i_data_fetch.ipynb #0d494574
 import bz2
@@ -320,8 +320,12 @@ def _add_bytes(m: dict, root: Path, mf: Path) -> dict:
     return m
 
 # %% ../../nbs/08i_data_fetch.ipynb #cf5e9a02
-def _read_checked(f: Path, name: str, root: Path) -> bytes:
+def read_checked(f: Path, # a file of a stand-in in the cache
+                 name: str, # the stand-in (its MANIFEST.json, when there is one, is checked)
+                 root: Path, # the cache folder
+                ) -> bytes:
     "The bytes of a cached file; ValueError naming it when it is empty or differs from its stand-in's manifest."
+    f, root = Path(f), Path(root)
     if not f.is_file(): raise DataMissingError(f, _hint(name))
     b, m = f.read_bytes(), None
     if name in STANDINS:
@@ -340,7 +344,7 @@ def read_prose(name: str, split: str = "train", root=None) -> str:
     "Text of a prose stand-in split (austen, shakespeare, web-bible)."
     if split not in ("train", "valid", "test"): raise ValueError(f"split must be train|valid|test, got {split!r}")
     root = Path(root or data_dir()).expanduser(); f = root / name / f"{split}.txt"
-    b = _read_checked(f, name, root)
+    b = read_checked(f, name, root)
     try: return b.decode("utf-8")
     except UnicodeDecodeError as e: raise ValueError(f"{f}: not UTF-8 text ({e}); {_hint(name)} to restore it") from None
 
@@ -349,7 +353,7 @@ def read_fashion_mnist(split: str = "train", root=None) -> tuple:
     from kattn.data.images import read_idx
     pre = {"train": "train", "test": "t10k"}[split]
     root = Path(root or data_dir()).expanduser(); d = root / "fashion-mnist"
-    x, y = (read_idx(d / f"{pre}-{k}-ubyte.gz", data=_read_checked(d / f"{pre}-{k}-ubyte.gz", "fashion-mnist", root))
+    x, y = (read_idx(d / f"{pre}-{k}-ubyte.gz", data=read_checked(d / f"{pre}-{k}-ubyte.gz", "fashion-mnist", root))
             for k in ("images-idx3", "labels-idx1"))
     return x, y.astype(np.int64)
 

@@ -33,7 +33,14 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def load_pickle(path) -> dict:
     "A CIFAR-style pickle (Python 2 or 3) as a dict with str keys."
-    with open(path, "rb") as f: d = _SafeUnpickler(f, encoding="bytes").load()
+    with open(require(path, "see the dataset's download page"), "rb") as f:
+        try: d = _SafeUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as e:
+            if str(e).startswith("refusing"): raise
+            raise ValueError(f"{path}: damaged pickle ({e}); truncated file?") from None
+        except (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: damaged or empty pickle ({type(e).__name__}: {e}); truncated file?") from None
+    if not isinstance(d, dict): raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 def _images(data, side):
