@@ -283,3 +283,16 @@ F.cli_main(["fetch", "toy", "--root", {str(tmp_path)!r}])
     assert list(tmp_path.glob(".fetch-toy-p*"))
     p.send_signal(signal.SIGTERM); p.wait(timeout=60)
     assert p.returncode != 0 and not list(tmp_path.glob(".fetch-*")) and not (tmp_path / "toy").exists()
+
+
+def test_manifest_without_sizes_still_checked_and_upgraded(toy, capsys):
+    import json
+    root, calls = toy
+    mf = root / "toy" / "MANIFEST.json"; m = json.loads(mf.read_text()); m.pop("bytes", None); mf.write_text(json.dumps(m))
+    f = root / "toy" / "train.txt"; good = f.read_bytes(); f.write_bytes(good[:-1] + b"?")      # same size
+    rc, out = _cli(["list", "--root", str(root)], capsys)
+    assert "damaged" in out and "toy/train.txt" in out
+    f.write_bytes(good)
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 0 and "toy: ok" in out and not calls
+    assert json.loads(mf.read_text())["bytes"]["toy/train.txt"] == len(good)    # sizes recorded once the hashes passed
