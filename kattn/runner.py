@@ -362,7 +362,7 @@ def _parser():
     rp.add_argument("--no-site", action="store_true", help="do not build the site after the runs")
     sub.add_parser("site", help="build the website into _site/")
     sub.add_parser("list", help="table of the experiments: default preset and parameters")
-    sub.add_parser("data", help="dataset cache: list, fetch (see `kattn data -h`)", add_help=False)
+    sub.add_parser("data", help="dataset cache: list, fetch, verify (see `kattn data -h`)", add_help=False)
     return p
 
 # %% ../nbs/11_runner.ipynb #f58379ac
