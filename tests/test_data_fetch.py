@@ -296,3 +296,12 @@ def test_manifest_without_sizes_still_checked_and_upgraded(toy, capsys):
     rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
     assert rc == 0 and "toy: ok" in out and not calls
     assert json.loads(mf.read_text())["bytes"]["toy/train.txt"] == len(good)    # sizes recorded once the hashes passed
+
+
+def test_failed_rebuild_names_the_damage(toy, capsys, monkeypatch):
+    root, _ = toy
+    (root / "toy" / "valid.txt").unlink()
+    def offline(*a, **k): raise RuntimeError("pip download failed: no network")
+    monkeypatch.setattr(F, "download_pypi", offline)
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 1 and "valid.txt (was missing)" in out and "no network" in out, out

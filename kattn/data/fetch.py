@@ -279,7 +279,16 @@ def fetch(name: str, # a key of STANDINS
             if not restored: return {**_add_bytes(manifest(name, root), root, mf), "restored": []}
         except DataMissingError:
             if any((root / d).exists() for d in spec["dirs"]): restored = [(str(mf.relative_to(root)), "was missing")]
-        except ValueError as e: restored = [(str(mf.relative_to(root)), f"was unreadable: {str(e).split('; ')[0]}")]
+        except ValueError: restored = [(str(mf.relative_to(root)), "was unreadable")]
+    shown = lambda r: r[len(spec["dirs"][0]) + 1:] if r.startswith(spec["dirs"][0] + "/") else r
+    found = [f"{shown(r)} ({w})" for r, w in restored]
+    try: return {**_build(name, spec, root, mf, files), "restored": found}
+    except Exception as e:
+        if found: raise RuntimeError(f"found {', '.join(found)}; rebuilding failed: {e}") from e
+        raise
+
+def _build(name, spec, root, mf, files) -> dict:
+    "Download (unless `files` are given), check the digest, build in a temporary folder, move into place, write the manifest."
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-p{os.getpid()}-") as tmp:
         tmp = Path(tmp)
@@ -302,8 +311,7 @@ def fetch(name: str, # a key of STANDINS
          "source": spec.get("pypi") or "debian:{}={}".format(*spec["deb"]), "digest": got, "files": written,
          "bytes": nbytes, "sizes": sizes, "seconds": round(time.perf_counter() - t0, 1)}
     _write_manifest(mf, m)
-    shown = lambda r: r[len(spec["dirs"][0]) + 1:] if r.startswith(spec["dirs"][0] + "/") else r
-    return {**m, "restored": [f"{shown(r)} ({w})" for r, w in restored]}
+    return m
 
 def _write_manifest(mf: Path, m: dict):
     "Write MANIFEST.json atomically (temporary file, then rename)."
