@@ -284,7 +284,6 @@ SUITE = [
     ("feature_maps", {}),             # Luo Fig. 3: NPRF + RPE vs m and feature maps
     ("mlm_finetune", {}),             # Luo Table 1: masked-LM pre-training, fine-tuning on stand-in tasks
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
-    ("lra", {}),                      # LRA: five tasks x the attention registry (Zheng App. I.2, Chowdhury §3)
 ]
 
 # %% ../nbs/11_runner.ipynb #b4ce4b5a
