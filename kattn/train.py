@@ -8,7 +8,8 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
            'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'Trainer', 'train_step', 'evaluate', 'fit',
            'CopyTask', 'markov_tokens', 'lm_loss', 'mlm_loss', 'classification_loss', 'lm_perplexity',
-           'translation_loss', 'translation_perplexity', 'translate', 'main', 'fit_in_processes']
+           'pair_classification_loss', 'translation_loss', 'translation_perplexity', 'translate', 'main',
+           'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
 import copy, hashlib, io, json, math, os, random, sys, time
@@ -344,6 +345,12 @@ def lm_perplexity(model: nn.Module, # causal LM: ids [B, n] -> logits [B, n, V]
         count += b[:, 1:].numel()
     model.train(was)
     return math.exp(total / count)
+
+# %% ../nbs/09_train.ipynb #75874df8
+def pair_classification_loss(model, batch) -> Tensor:
+    "Cross-entropy of a dual encoder (e.g. `kattn.models.DualEncoderClassifier`) on `collate_labeled_pairs` batches."
+    return F.cross_entropy(model(batch["ids1"], batch["ids2"], batch.get("key_padding_mask1"),
+                                 batch.get("key_padding_mask2")).float(), batch["labels"])
 
 # %% ../nbs/09_train.ipynb #fbdb4991
 def translation_loss(model, batch, label_smoothing: float = 0.1) -> Tensor:
