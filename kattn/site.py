@@ -380,15 +380,16 @@ def build_site(root=None, out="_site", use_quarto=None) -> Path:
     return out
 
 # %% ../nbs/12_site.ipynb #2ae47782
-RESULTS_PAGE = 'results.html'
+RESULTS_PAGE = 'paper-results.html'   # not a name nbdev gives a notebook's page (`nbs/13_results.ipynb` is results.html)
 
 def _results_hook(root: Path, out: Path, pages: list, done: dict):
     "Write the Results page (`kattn.results.results_page`) and its figure files into `out`."
     from kattn.results import results_page
-    nb, meta, files = results_page(root)
+    if RESULTS_PAGE in {p['out'] for p in pages}: raise ValueError(f"a notebook's page is {RESULTS_PAGE}, the Results page's name: rename it")
+    nb, meta, files = results_page(root, fig_dir=RESULTS_PAGE.replace('.html', '_files'))
     for name, data in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True); (out / name).write_bytes(data)
     titles = {p['src']: _nav_title(p['src'], done[p['src']][1]) for p in pages}
-    html = render_page(nb, meta, 'results.ipynb', RESULTS_PAGE, site_nav(root), {p['src']: p['out'] for p in pages},
+    html = render_page(nb, meta, RESULTS_PAGE.replace('.html', '.ipynb'), RESULTS_PAGE, site_nav(root), {p['src']: p['out'] for p in pages},
                        titles, root, _exporter(), _doc_url(root))
     (out / RESULTS_PAGE).write_text(html, encoding='utf-8')

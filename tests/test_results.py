@@ -134,7 +134,7 @@ QUARTO = """website:
       - text: Home
         href: runs/lm/cpu.ipynb
       - text: Results
-        href: results.html
+        href: paper-results.html
   sidebar:
     contents:
       - section: Results
@@ -149,19 +149,20 @@ def test_site_results_page_has_tables_figures_and_links(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     site = root / "_site"
-    page = (site / "results.html").read_text()
+    page = (site / "paper-results.html").read_text()
     assert "<table>" in page and "115.51 ± 0.44" in page and "114.810 ± 0.060" in page
     assert 'href="runs/lm/cpu.html"' in page and (site / "runs/lm/cpu.html").is_file()       # record links go to its page
-    assert 'src="results_files/lm__cpu.png"' in page and 'src="data:' not in page         # the figure is a file
-    assert (site / "results_files/lm__cpu.png").read_bytes() == PNG
-    assert not (site / "results_files/speed__cpu.png").exists()                                # no image, no figure
+    assert 'src="paper-results_files/lm__cpu.png"' in page and 'src="data:' not in page         # the figure is a file
+    assert (site / "paper-results_files/lm__cpu.png").read_bytes() == PNG
+    assert not (site / "paper-results_files/speed__cpu.png").exists()                                # no image, no figure
     assert "the lm study" in page
     # the navbar's Results entry opens it, from every page, and is marked active on it
-    assert 'href="../../results.html"' in (site / "runs/lm/cpu.html").read_text()
-    assert '<a class="active" href="results.html">Results</a>' in page
+    assert 'href="../../paper-results.html"' in (site / "runs/lm/cpu.html").read_text()
+    assert '<a class="active" href="paper-results.html">Results</a>' in page
 
 
 def test_project_navbar_results_opens_the_generated_page():
-    from kattn.site import site_nav
-    nav = site_nav(ROOT)
-    assert {"text": "Results", "src": "results.html"} in nav["navbar"]
+    from kattn.site import RESULTS_PAGE, site_nav, site_pages
+    assert {"text": "Results", "src": RESULTS_PAGE} in site_nav(ROOT)["navbar"]
+    outs = {p["out"] for p in site_pages(ROOT)}
+    assert RESULTS_PAGE not in outs and "results.html" in outs          # kattn.results' own page is another page
