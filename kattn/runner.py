@@ -362,6 +362,8 @@ def _parser():
     rp.add_argument("--no-site", action="store_true", help="do not build the site after the runs")
     sub.add_parser("site", help="build the website into _site/")
     sub.add_parser("list", help="table of the experiments: default preset and parameters")
+    sub.add_parser("results", help="write the README's results section from the records").add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 with a diff when README.md and the records disagree")
     sub.add_parser("data", help="dataset cache: list, fetch, verify (see `kattn data -h`)", add_help=False)
     return p
 
@@ -383,6 +385,7 @@ def _main(argv: list) -> int:
             if failed: print(f"{len(failed)} experiment(s) failed: {[n for n, _ in failed]}", file=sys.stderr); return 1
         elif a.cmd == "site": build_site()
         elif a.cmd == "list": print(_experiment_table())
+        elif a.cmd == "results": from kattn.results import results_cli; return results_cli(a.check)
     except (ValueError, RuntimeError) as e:
         print(f"kattn {a.cmd}: error: {e}", file=sys.stderr)
         if isinstance(e.__cause__, KeyboardInterrupt): return 128 + (signal.SIGTERM if isinstance(e.__cause__, _Terminated) else signal.SIGINT)
