@@ -275,6 +275,7 @@ SUITE = [
     ("toeplitz_fft", {}),             # Toeplitz/FFT product vs dense (Luo §3.2)
     ("approx_error_prf", {}),         # Luo Fig. 1b: PRF error vs m and R; normalization + RPE
     ("approx_error_randomized", {}),  # Zheng §5.1: RA / RFA / LARA / Performer MSE vs samples
+    ("zheng_cost", {}),               # Zheng §4.6: RA / LARA / Performer time and memory relative to softmax
     ("learned_kernels", {}),          # Chowdhury: learned spectral kernels on a generated task
     ("train_smoke", {}),              # tiny causal LM, three attention variants
     ("conversion", {}),               # Luo Fig. 2: softmax models converted to PRF without fine-tuning
