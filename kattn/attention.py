@@ -88,7 +88,8 @@ def softmax_attention(q: Tensor, # [..., n_q, d] queries
         if rpe_bias is not None: logits = logits + rpe_matrix(rpe_bias.to(work))
         allowed = _allowed(nq, nk, causal, key_padding_mask, q.device)
         if allowed is not None: logits = logits.masked_fill(~allowed, float("-inf"))
-        p = torch.softmax(logits, -1).nan_to_num(0.0)            # all-masked rows -> 0
+        p = torch.softmax(logits, -1)
+        if allowed is not None: p = p.masked_fill(~allowed.any(-1, keepdim=True), 0.0)   # all-masked rows -> 0; NaN stays NaN
         return (p @ v.to(work)).to(out_dtype)
 
 # %% ../nbs/02_attention.ipynb #8611c067
@@ -238,6 +239,15 @@ def _rpe_backward(G, fqT, fkT, v1T, spec, L, blocks, need):
 
 
 # %% ../nbs/02_attention.ipynb #00cd9025
+class _NoDoubleBackward(torch.autograd.Function):
+    "Identity on a first-order gradient of the FFT RPE path whose own backward raises (not silently zero)."
+    @staticmethod
+    def forward(ctx, grad, *inputs): return grad.clone()
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("double backward through kernelized_attention's FFT RPE path is not supported; use the dense "
+                           "RPE form (n <= 1024 with block_bytes=None and a memory_budget that fits 3 * n * n weights per row)")
+
 class _RPEToeplitz(torch.autograd.Function):
     "phi_q . (C [phi_k (x) v1]) with C Toeplitz, by FFT in blocks of signals; backward recomputes the blocks."
     @staticmethod
@@ -249,14 +259,20 @@ class _RPEToeplitz(torch.autograd.Function):
         spec = spec.expand(*batch, spec.shape[-1]).reshape(-1, spec.shape[-1])[None, :, None, :]
         fqT, fkT, v1T = _rpe_layout(fq, batch, True), _rpe_layout(fk, batch, True), _rpe_layout(v1, batch, False)
         out = _rpe_forward(fqT, fkT, v1T, spec, L, _rpe_blocks(m, v1T.shape[0], dv, L, fq.element_size(), budget, 4, block_bytes))
-        ctx.save_for_backward(fqT, fkT, v1T, spec)
+        ctx.save_for_backward(fqT, fkT, v1T, spec, fq, fk, v1, c)
         ctx.meta = (batch, n, L, causal, budget, block_bytes, fq.shape, fk.shape, v1.shape, c.shape)
         return out.transpose(-1, -2).reshape(*batch, n, dv)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        fqT, fkT, v1T, spec = ctx.saved_tensors
+        with torch.no_grad(): grads = _RPEToeplitz._grads(ctx, g)
+        if not torch.is_grad_enabled(): return grads              # create_graph=True: mark the gradients
+        inputs = (g, *ctx.saved_tensors[4:])
+        return tuple(None if t is None else _NoDoubleBackward.apply(t, *inputs) for t in grads)
+
+    @staticmethod
+    def _grads(ctx, g):
+        fqT, fkT, v1T, spec = ctx.saved_tensors[:4]
         batch, n, L, causal, budget, block_bytes, sq, sk, sv, sc = ctx.meta
         G = _rpe_layout(g, batch, False)
         blocks = _rpe_blocks(fkT.shape[0], G.shape[0], G.shape[1], L, G.element_size(), budget, 6, block_bytes)

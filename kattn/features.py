@@ -9,6 +9,7 @@ __all__ = ['FEATURE_MAPS', 'gaussian_draws', 'FeatureMap', 'step_feature_maps', 
            'trig_features', 'TrigonometricRandomFeatures', 'EluFeatures', 'ReluFeatures', 'make_feature_map']
 
 # %% ../nbs/01_features.ipynb #5e73e0c9
+import contextlib
 import math
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,8 @@ def gaussian_draws(num_features: int, # m, number of rows
                    dtype=torch.float32, # dtype of the draw
                   ) -> Tensor: # [m, d] random projection matrix W
     "Draw the random projections of a random-feature map."
+    for name, v in (("num_features", num_features), ("head_dim", head_dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
     if generator is not None: device = generator.device
     kw = dict(generator=generator, device=device, dtype=dtype)
     m, d = num_features, head_dim
@@ -101,9 +104,15 @@ class FeatureMap(nn.Module):
         if not x.is_floating_point(): raise TypeError(f"x must be floating point, got {x.dtype}")
         if x.dim() < 2 or x.shape[-1] != self.head_dim:
             raise ValueError(f"x must have shape [..., n, head_dim={self.head_dim}], got {tuple(x.shape)}")
+        parked = self.__dict__.setdefault("_parked", {})          # real draws kept aside while on meta inputs
         for name in self._draw_names:
             t = getattr(self, name)
-            if t.device != x.device: setattr(self, name, t.to(x.device))
+            if t.device == x.device: continue
+            if x.device.type == "meta":                              # shape inference: remember the real draws
+                if t.device.type != "meta": parked[name] = t
+                setattr(self, name, t.to("meta"))
+            elif t.device.type == "meta" and name in parked: setattr(self, name, parked.pop(name).to(x.device))
+            else: setattr(self, name, t.to(x.device))
         return x
 
     def forward(self, x: Tensor, # [..., n, head_dim]
@@ -124,6 +133,10 @@ def step_feature_maps(module: nn.Module, # any model
 # %% ../nbs/01_features.ipynb #ddb79daf
 def _work_dtype(x: Tensor): return torch.float64 if x.dtype == torch.float64 else torch.float32
 
+def _no_autocast(x: Tensor):
+    "autocast off for x's device (a no-op context on meta, where autocast does not exist)."
+    return contextlib.nullcontext() if x.device.type == "meta" else torch.autocast(x.device.type, enabled=False)
+
 def positive_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
                       weight: Tensor, # [..., m, d] projections w_i
                       is_query: bool = False, # subtract each row's own max (cancels in attention)
@@ -133,7 +146,7 @@ def positive_features(x: Tensor, # [..., n, d] inputs (already scaled by the cal
                      ) -> Tensor: # [..., n, m] positive features, float32 (float64 for float64 x)
     "Performer's positive random features exp(Wx - |x|^2/2)/sqrt(m), computed in log space."
     work = _work_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with _no_autocast(x):
         x, w = x.to(work), weight.to(work)
         logits = x @ w.transpose(-1, -2) - 0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(w.shape[-2])
         if stabilize and is_query: logits = logits - logits.amax(-1, keepdim=True).detach()
@@ -174,14 +187,18 @@ def trig_features(x: Tensor, # [..., n, d] inputs (already scaled by the caller)
                   weight: Tensor, # [..., m, d] projections w_i
                   is_query: bool = False, # drop the per-query factor exp(|q|^2/2)
                   stabilize: bool = True, # False: Eq. 5 literally
+                  key_log_cap: float | None = 30.0, # clamp the keys' log-scale |k|^2/2 from above (None: no cap)
                  ) -> Tensor: # [..., n, 2m]: [sin(Wx), cos(Wx)] * exp(|x|^2/2) / sqrt(m)
     "RFA's trigonometric random features (sin/cos), computed in float32/float64."
     work = _work_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with _no_autocast(x):
         x, w = x.to(work), weight.to(work)
         proj = x @ w.transpose(-1, -2)
-        log_scale = -0.5 * math.log(w.shape[-2]) + (0.0 if (stabilize and is_query) else 0.5 * (x * x).sum(-1, keepdim=True))
-        scale = torch.exp(torch.as_tensor(log_scale, dtype=work, device=x.device))
+        if stabilize and is_query: log_scale = torch.zeros_like(proj[..., :1])
+        else:
+            log_scale = 0.5 * (x * x).sum(-1, keepdim=True)
+            if stabilize and key_log_cap is not None: log_scale = log_scale.clamp_max(key_log_cap)
+        scale = torch.exp(log_scale - 0.5 * math.log(w.shape[-2]))
         return torch.cat([torch.sin(proj), torch.cos(proj)], -1) * scale
 
 class TrigonometricRandomFeatures(FeatureMap):

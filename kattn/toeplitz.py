@@ -54,6 +54,8 @@ def naive_toeplitz_matmul(c: Tensor, # [..., 2n-1] coefficients
 def fft_length(n: int, # sequence length
               ) -> int: # smallest 2^a 3^b 5^c >= 2n - 1
     "A fast FFT length for a Toeplitz product of size `n`."
+    if isinstance(n, bool) or not isinstance(n, int): raise TypeError(f"n must be a positive int, got {n!r}")
+    if n < 1: raise ValueError(f"n must be a positive int (a sequence length >= 1), got {n}")
     target, best = max(2 * n - 1, 1), None
     p5 = 1
     while p5 < 2 * target:
@@ -87,6 +89,8 @@ def toeplitz_apply(spec: Tensor, # [..., L//2+1] from `toeplitz_spectrum`
                   ) -> Tensor: # [..., n, d]
     "Multiply `x` by the Toeplitz matrix whose circulant spectrum is `spec`."
     n = x.shape[-2]
+    if L < 2 * n - 1: raise ValueError(f"L must be >= 2n-1 = {2*n-1} for x with n = {n} (shorter wraps around), got {L}")
+    if spec.shape[-1] != L // 2 + 1: raise ValueError(f"spec must have L//2+1 = {L//2+1} entries for L = {L}, got {spec.shape[-1]}")
     X = torch.fft.rfft(x, n=L, dim=-2)              # zero-pads x to length L along positions
     return torch.fft.irfft(spec.unsqueeze(-1) * X, n=L, dim=-2)[..., :n, :]
 

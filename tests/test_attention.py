@@ -354,3 +354,91 @@ def test_memory_budget_and_block_bytes_must_be_positive_ints(bad):
     phi_q, phi_k, v, b, _ = case(4)
     for name in ("memory_budget", "block_bytes"):
         with pytest.raises(ValueError, match=name): kernelized_attention(phi_q, phi_k, v, rpe_bias=b, **{name: bad})
+
+
+# --- NaN in, NaN out: a NaN input reaches every output it feeds; only fully masked rows are 0 --------------------------
+def _fm(cls):
+    return cls(4, 8, seed=0)
+
+
+NAN_OPS = {
+    "softmax_attention": lambda q, k, v, **kw: softmax_attention(q, k, v, **kw),
+    "normalized_softmax_attention": lambda q, k, v, **kw: normalized_softmax_attention(q, k, v, **kw),
+    "naive_kernelized_attention": lambda q, k, v, **kw: naive_kernelized_attention(q.exp(), k.exp(), v, **kw),
+    "kernelized_attention": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, **kw),
+    "kernelized_attention_fft": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, block_bytes=256, **kw),
+    "kernelized_softmax_attention_prf": lambda q, k, v, **kw: kernelized_softmax_attention(
+        q, k, v, _fm(PositiveRandomFeatures), **kw),
+    "kernelized_softmax_attention_trf": lambda q, k, v, **kw: kernelized_softmax_attention(
+        q, k, v, _fm(TrigonometricRandomFeatures), **kw),
+    "normalized_kernelized_attention": lambda q, k, v, **kw: normalized_kernelized_attention(
+        q, k, v, _fm(PositiveRandomFeatures), **kw),
+}
+NAN_PATHS = [dict(), dict(causal=True), dict(rpe=True), dict(rpe=True, causal=True)]
+
+
+def _nan_inputs(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, n, 4, generator=g, dtype=D64) * 0.5 for _ in range(3))
+    return q, k, v, torch.randn(3, 2 * n - 1, generator=g, dtype=D64)
+
+
+def _poisoned(t, idx):
+    t = t.clone(); t[idx] = float("nan"); return t
+
+
+@pytest.mark.parametrize("op", sorted(NAN_OPS))
+@pytest.mark.parametrize("path", NAN_PATHS, ids=lambda p: "+".join(p) or "plain")
+@pytest.mark.parametrize("where", ["q", "k", "v", "rpe_bias", "rpe_bias_all"])
+def test_nan_in_nan_out(op, path, where):
+    if where.startswith("rpe") and not path.get("rpe"): pytest.skip("no bias on this path")
+    q, k, v, b = _nan_inputs()
+    causal, n, j = path.get("causal", False), q.shape[-2], 2
+    rows = torch.arange(n) >= j if causal else torch.ones(n, dtype=torch.bool)   # queries that admit key j
+    args = dict(q=q, k=k, v=v, rpe_bias=b)
+    if where == "q": args["q"] = _poisoned(q, (0, 1, j, 0)); rows = torch.arange(n) == j
+    if where == "k": args["k"] = _poisoned(k, (0, 1, j, 1))
+    if where == "v": args["v"] = _poisoned(v, (0, 1, j, 2))
+    if where == "rpe_bias": args["rpe_bias"] = _poisoned(b, (1, n - 1))       # offset 0: every query admits it
+    if where == "rpe_bias_all": args["rpe_bias"] = _poisoned(b, (1,))           # head 1's whole bias row
+    if where.startswith("rpe"): rows = torch.ones(n, dtype=torch.bool)
+    out = NAN_OPS[op](args["q"], args["k"], args["v"], rpe_bias=args["rpe_bias"] if path.get("rpe") else None,
+                      causal=causal)
+    hit = out[:, 1] if where.startswith("rpe") else out[0, 1]               # the head (and batch) that saw the NaN
+    cols = [2] if where == "v" else slice(None)
+    assert torch.isnan(hit[..., rows, :][..., cols]).all(), f"{op}: a NaN in {where} did not reach its outputs"
+    assert torch.isfinite(out[:, [0, 2]]).all(), f"{op}: a NaN leaked into other heads"
+
+
+@pytest.mark.parametrize("op", sorted(NAN_OPS))
+def test_fully_masked_rows_are_zero_and_nan_still_propagates(op):
+    q, k, v, b = _nan_inputs()
+    mask = torch.zeros(2, 1, 6, dtype=torch.bool); mask[0] = True            # batch 0: every key padded
+    out = NAN_OPS[op](_poisoned(q, (1, 1, 3, 0)), k, v, key_padding_mask=mask)
+    assert (out[0] == 0).all()
+    assert torch.isnan(out[1, 1, 3]).all() and torch.isfinite(out[1, [0, 2]]).all()
+
+
+# --- double backward: the dense forms are twice differentiable; the FFT RPE path says it is not -----------------------
+def _dd_inputs(n=5):
+    g = torch.Generator().manual_seed(0)
+    fq, fk = (torch.rand(1, n, 3, generator=g, dtype=D64).add(0.1).requires_grad_() for _ in range(2))
+    v = torch.randn(1, n, 2, generator=g, dtype=D64, requires_grad=True)
+    return fq, fk, v, torch.randn(2 * n - 1, generator=g, dtype=D64, requires_grad=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_double_backward_dense_rpe_path(causal):
+    f = lambda fq, fk, v, b: kernelized_attention(fq, fk, v, rpe_bias=b, causal=causal)
+    assert torch.autograd.gradgradcheck(f, _dd_inputs())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_double_backward_fft_rpe_path_raises(causal):
+    fq, fk, v, b = _dd_inputs()
+    f = lambda fq, fk, v, b: kernelized_attention(fq, fk, v, rpe_bias=b, causal=causal, block_bytes=64)
+    assert torch.autograd.gradcheck(f, (fq, fk, v, b))                     # first order is exact
+    for wrt in (fq, fk, v, b):
+        g, = torch.autograd.grad(f(fq, fk, v, b).square().sum(), wrt, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(g.square().sum(), (fq, fk, v, b), allow_unused=True)

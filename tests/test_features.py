@@ -169,3 +169,33 @@ def test_draws_follow_the_input_device():
     assert fm(x).device.type == "cuda" and fm.weight.device.type == "cuda"
     fm.redraw(); assert fm.weight.device.type == "cuda"
     fm.redraw(torch.Generator(device="cuda").manual_seed(0)); assert fm.weight.device.type == "cuda"
+
+
+# --- edges ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("m,d,name", [(0, 4, "num_features"), (-3, 4, "num_features"), (4, 0, "head_dim"),
+                                      (2.5, 4, "num_features"), (True, 4, "num_features")])
+def test_gaussian_draws_rejects_bad_sizes(m, d, name):
+    with pytest.raises(ValueError, match=name): gaussian_draws(m, d)
+
+
+@pytest.mark.parametrize("cls", [PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures])
+def test_meta_call_leaves_the_map_usable(cls):
+    fm = cls(4, 4, seed=0)
+    x = torch.randn(3, 4)
+    before = fm(x)
+    assert fm(torch.empty(2, 3, 4, device="meta")).shape[:2] == (2, 3)       # shape inference on meta
+    assert torch.equal(fm(x), before)
+    assert all(b.device.type == "cpu" for b in fm.buffers())
+
+
+# --- TRF at large norms: finite in float32/float64 ---------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("scale", [1, 10, 30, 100])
+@pytest.mark.parametrize("causal", [False, True])
+def test_trf_attention_finite_at_large_norms(dtype, scale, causal):
+    from kattn.attention import kernelized_softmax_attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g, dtype=dtype) for _ in range(3))
+    fm = TrigonometricRandomFeatures(8, 32, seed=0)
+    out = kernelized_softmax_attention(q * scale, k * scale, v, fm, causal=causal)
+    assert torch.isfinite(out).all()

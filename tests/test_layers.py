@@ -236,3 +236,76 @@ def test_lara_chunked_step_equals_forward():
     # causal LARA with a fixed chunk_size: chunks do not depend on the length, so decoding equals the parallel forward
     # (past the first chunk too: 12 positions, chunks of 3, 4 proposals)
     _assert_steps_equal_forward(det("lara", causal=True, num_proposals=4, chunk_size=3, mix_keys=True))
+
+
+# --- NaN in, NaN out for every non-randomized algorithm of the registry (kattn.randomized is tested on its own) ---------
+NAN_NAMES = [n for n in sorted(ATTENTIONS) if n not in ("ra", "rfa", "lara")]
+
+
+def _poison(t, idx):
+    t = t.clone(); t[idx] = float("nan"); return t
+
+
+@pytest.mark.parametrize("name", NAN_NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("where", ["q", "k", "v", "rpe_bias", "attn_bias", "x"])
+def test_nan_in_nan_out(name, causal, where):
+    m = det(name, causal=causal)
+    if where == "rpe_bias" and m.rpe is None: pytest.skip("no relative bias")
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 7, 4, generator=g, dtype=torch.float64) * 0.5 for _ in range(3))
+    rpe = None if m.rpe is None else m.rpe(7).detach()
+    ab, j = None, 3
+    rows = torch.arange(7) >= j if causal else torch.ones(7, dtype=torch.bool)
+    if where == "x":
+        x = _poison(torch.randn(2, 7, 16, generator=g, dtype=torch.float64), (0, j, 5))
+        with torch.no_grad(): out = m(x)
+        assert torch.isnan(out[0, rows]).all() and torch.isfinite(out[1]).all(), name
+        return
+    if where == "q": q = _poison(q, (0, 1, j, 0)); rows = torch.arange(7) == j
+    if where == "k": k = _poison(k, (0, 1, j, 1))
+    if where == "v": v = _poison(v, (0, 1, j, 2))
+    if where == "rpe_bias": rpe = _poison(rpe, (1, 6)); rows = torch.ones(7, dtype=torch.bool)   # offset 0
+    if where == "attn_bias":
+        ab = _poison(torch.zeros(4, 7, 7, dtype=torch.float64), (1, j, j)); rows = torch.arange(7) == j
+    with torch.no_grad(): out = m.algorithm(q, k, v, rpe_bias=rpe, causal=causal, attn_bias=ab)
+    hit = out[:, 1] if where in ("rpe_bias", "attn_bias") else out[0, 1]
+    cols = [2] if where == "v" else slice(None)
+    assert torch.isnan(hit[..., rows, :][..., cols]).all(), f"{name}: a NaN in {where} did not reach its outputs"
+    assert torch.isfinite(out[:, [0, 2, 3]]).all(), f"{name}: a NaN leaked into other heads"
+
+
+@pytest.mark.parametrize("name", NAN_NAMES)
+def test_fully_masked_rows_are_zero(name):
+    m = det(name)
+    q, k, v = (torch.randn(2, 4, 5, 4, dtype=torch.float64) for _ in range(3))
+    kpm = torch.zeros(2, 1, 5, dtype=torch.bool); kpm[0] = True
+    with torch.no_grad(): out = m.algorithm(q, k, v, rpe_bias=None if m.rpe is None else m.rpe(5), key_padding_mask=kpm)
+    assert (out[0] == 0).all() and torch.isfinite(out[1]).all() and out[1].abs().sum() > 0
+
+
+# --- edges: clear errors instead of silently wrong results ------------------------------------------------------------
+def test_softmax_layer_rejects_bad_rpe_and_causal_cross_lengths():
+    from kattn.layers import SoftmaxAttention
+    sa = SoftmaxAttention()
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(ValueError, match=r"rpe_bias.*2n-1.*9"): sa(q, q, q, rpe_bias=torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="causal"): sa(q[..., :3, :], q, q, causal=True)
+    with pytest.raises(ValueError, match="attn_bias"): sa(q, q, q, attn_bias=torch.zeros(2, 5, 4))
+
+
+@pytest.mark.parametrize("name", ["softmax", "softmax_rpe", "normalized_softmax"])
+def test_registry_builds_reject_head_dim_zero(name):
+    with pytest.raises(ValueError, match="head_dim"): ATTENTIONS[name].build(0, 1)
+
+
+@pytest.mark.parametrize("name", ["linear_elu", "performer", "trf", "nprf_rpe", "gmm_rks", "fastfood_prf"])
+def test_kernelized_layer_keeps_the_input_dtype(name):
+    m = det(name).float()
+    q, k, v = (torch.randn(2, 4, 6, 4) for _ in range(3))
+    rpe = None if m.rpe is None else m.rpe(6).detach()
+    ref = m.algorithm(q, k, v, rpe_bias=rpe)
+    out = m.algorithm(q.half(), k.half(), v.half(), rpe_bias=None if rpe is None else rpe.half())
+    assert out.dtype == torch.float16 == ATTENTIONS["softmax"].build(4, 4)(q.half(), k.half(), v.half()).dtype
+    assert out.dtype == m.algorithm(q.half(), k.half(), v.half(), rpe_bias=rpe, attn_bias=torch.zeros(6, 6)).dtype
+    assert (out.float() - ref).abs().max() < 5e-2

@@ -358,3 +358,8 @@ def test_paper_configs_carry_the_task():
     maps = [m for m in model.modules() if isinstance(m, GMMRandomFeatures)]
     assert len(maps) == 1 and (maps[0].num_features, maps[0].smoothing, maps[0].task) == (256, 1.0, "listops")
     assert [b.renorm for b in model.modules() if hasattr(b, "renorm")] == [True]
+
+
+@pytest.mark.parametrize("n", [-5, 0, 2.5, True])
+def test_next_pow2_rejects_non_positive(n):
+    with pytest.raises((ValueError, TypeError), match="n must be a positive int"): next_pow2(n)

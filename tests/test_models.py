@@ -206,3 +206,17 @@ def test_init_schemes():
 @pytest.mark.parametrize("prob", [1.5, -0.1, float("nan")])
 def test_mask_tokens_rejects_bad_prob(prob):
     with pytest.raises(ValueError, match=r"prob.*\[0, 1\]"): mask_tokens(torch.zeros(2, 5, dtype=torch.long), 1, 10, prob=prob)
+
+
+# --- edges: configs reject sizes that would build a silently broken model ----------------------------------------------
+@pytest.mark.parametrize("cls", [TransformerConfig, LMConfig, ClassifierConfig, Seq2SeqConfig, ViTConfig])
+@pytest.mark.parametrize("kw,name", [(dict(num_layers=-1), "num_layers"), (dict(num_layers=0), "num_layers"),
+                                     (dict(d_model=4, num_heads=8), "head_dim"), (dict(d_model=30, num_heads=4), "num_heads"),
+                                     (dict(num_heads=0), "num_heads"), (dict(d_ff=0), "d_ff"), (dict(max_len=0), "max_len"),
+                                     (dict(dropout=1.5), "dropout"), (dict(num_layers=2.0), "num_layers")])
+def test_configs_reject_bad_sizes(cls, kw, name):
+    with pytest.raises((ValueError, TypeError), match=name): cls(**kw)
+
+
+def test_seq2seq_config_rejects_negative_decoder_layers():
+    with pytest.raises(ValueError, match="num_decoder_layers"): Seq2SeqConfig(num_decoder_layers=-1)

@@ -108,3 +108,35 @@ def test_bad_types():
         toeplitz_matmul(torch.arange(9), torch.randn(5, 2))
     with pytest.raises(TypeError, match="torch.Tensors"):
         toeplitz_matmul([1.0] * 9, torch.randn(5, 2))
+
+
+# --- edges ------------------------------------------------------------------------------------------------------------
+from kattn.toeplitz import toeplitz_apply, toeplitz_spectrum
+
+
+@pytest.mark.parametrize("n", [-5, 0])
+def test_fft_length_rejects_non_positive(n):
+    with pytest.raises(ValueError, match="n must be a positive int"): fft_length(n)
+
+
+@pytest.mark.parametrize("n", [2.5, True, "3"])
+def test_fft_length_rejects_non_int(n):
+    with pytest.raises((TypeError, ValueError), match="n must be"): fft_length(n)
+
+
+def test_toeplitz_apply_rejects_aliasing_lengths():
+    n = 5
+    c, x = torch.randn(2 * n - 1, dtype=torch.float64), torch.randn(n, 3, dtype=torch.float64)
+    spec = toeplitz_spectrum(c, 9)
+    assert torch.allclose(toeplitz_apply(spec, x, 9), naive_toeplitz_matmul(c, x))
+    for L in (6, 8):        # L < 2n-1: the circular product wraps around (wrong); spectrum length must match L too
+        with pytest.raises(ValueError, match=r"L must be .*2n-1 = 9"): toeplitz_apply(toeplitz_spectrum(c, 9)[..., :L // 2 + 1], x, L)
+    with pytest.raises(ValueError, match="spec"): toeplitz_apply(spec, x, 16)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_toeplitz_matmul_double_backward(causal):
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(2, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    x = torch.randn(2, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda c, x: toeplitz_matmul(c, x, causal), (c, x))
