@@ -88,6 +88,19 @@ def _padding_and_causal(nq, nk, causal, key_padding_mask, device):
     if allowed is None: return None, None
     return allowed, ~allowed.any(-1, keepdim=True)
 
+def _check_bias_args(nq, nk, rpe_bias, causal, attn_bias):
+    "The layers' shape rules for a relative bias, causal masking and a dense bias (as in kattn.attention)."
+    if (causal or rpe_bias is not None) and nq != nk:
+        raise ValueError(f"q and k must have the same n for causal or RPE attention, got n_q={nq} and n_k={nk}")
+    if rpe_bias is not None and (rpe_bias.dim() < 1 or rpe_bias.shape[-1] != 2 * nk - 1):
+        raise ValueError(f"rpe_bias must have shape [..., 2n-1] = [..., {2*nk-1}] for n = {nk}, got {tuple(rpe_bias.shape)}")
+    if attn_bias is not None and (attn_bias.dim() < 2 or tuple(attn_bias.shape[-2:]) != (nq, nk)):
+        raise ValueError(f"attn_bias must have shape [..., n_q, n_k] = [..., {nq}, {nk}], got {tuple(attn_bias.shape)}")
+
+def _nan_queries(q, out):
+    "NaN rows of out where a query holds a NaN (the fused CPU kernels return 0 there)."
+    return out.masked_fill(q.isnan().any(-1, keepdim=True), float("nan"))
+
 class SoftmaxAttention(nn.Module):
     "Exact softmax attention via F.scaled_dot_product_attention (semantics of kattn.attention.softmax_attention)."
     bias_row_decoding = True # step(): attend from the new query over cached keys with a dense bias row
@@ -103,6 +116,7 @@ class SoftmaxAttention(nn.Module):
     def forward(self, q, k, v, rpe_bias=None, causal=False, key_padding_mask=None, attn_bias=None):
         "Softmax attention on [..., n, d_h] tensors; rpe_bias [..., 2n-1]; attn_bias [..., n_q, n_k] added to logits."
         nq, nk = q.shape[-2], k.shape[-2]
+        _check_bias_args(nq, nk, rpe_bias, causal, attn_bias)
         if self.normalize:
             q = q / q.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
             k = k / k.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
@@ -111,16 +125,16 @@ class SoftmaxAttention(nn.Module):
         allowed, empty = _padding_and_causal(nq, nk, causal, key_padding_mask, q.device)
         p = self.dropout if self.training else 0.0
         if bias is None and allowed is None:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+            return _nan_queries(q, F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale))
         if bias is None and key_padding_mask is None and nq == nk:         # causal only: the fused kernel
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale)
+            return _nan_queries(q, F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale))
         auto = torch.is_autocast_enabled(q.device.type)
         dt = torch.get_autocast_dtype(q.device.type) if auto else q.dtype
         mask = torch.zeros((), dtype=dt, device=q.device) if bias is None else bias.to(dt)
         if allowed is not None:            # rows with no admissible key attend anywhere and are zeroed below
             mask = torch.where(allowed | empty, mask, torch.tensor(float("-inf"), dtype=dt, device=q.device))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
-        return out if empty is None else out.masked_fill(empty, 0.0)
+        return _nan_queries(q, out) if empty is None else _nan_queries(q, out).masked_fill(empty, 0.0)
 
 # %% ../nbs/06_layers.ipynb #db9e0ab0
 def dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal=False, key_padding_mask=None, eps=1e-12):
@@ -157,12 +171,14 @@ class KernelizedAttention(nn.Module):
         return self.feature_map(q, is_query=True), self.feature_map(k)
 
     def forward(self, q, k, v, rpe_bias=None, causal=False, key_padding_mask=None, attn_bias=None):
-        "Kernelized attention on [..., n, d_h] tensors."
+        "Kernelized attention on [..., n, d_h] tensors (output in the dtype of q, k, v, like SoftmaxAttention)."
+        _check_bias_args(q.shape[-2], k.shape[-2], rpe_bias, causal, attn_bias)
         phi_q, phi_k = self.features(q, k)
+        out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         if attn_bias is not None:
             if rpe_bias is not None: attn_bias = attn_bias + rpe_matrix(rpe_bias)
-            return dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask)
-        return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
+            return dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask).to(out_dtype)
+        return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask).to(out_dtype)
 
 # %% ../nbs/06_layers.ipynb #8bc534ef
 @dataclass
@@ -195,9 +211,11 @@ def get_attention(name: str) -> AttentionSpec:
 
 # %% ../nbs/06_layers.ipynb #db771ba1
 def _softmax(head_dim, num_heads, dropout=0.0, scale=None):
+    _check_pos_int("head_dim", head_dim); _check_pos_int("num_heads", num_heads)
     return SoftmaxAttention(dropout, scale)
 
 def _normalized_softmax(head_dim, num_heads, dropout=0.0, scale=1.0):
+    _check_pos_int("head_dim", head_dim); _check_pos_int("num_heads", num_heads)
     return SoftmaxAttention(dropout, scale, normalize=True)
 
 def _linear_elu(head_dim, num_heads):

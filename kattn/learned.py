@@ -20,7 +20,8 @@ from .features import FeatureMap
 # %% ../nbs/05_learned.ipynb #cb0441f5
 def next_pow2(n: int) -> int:
     "Smallest power of two >= n (n >= 1)."
-    return 1 << max(0, (int(n) - 1).bit_length())
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
+    return 1 << (n - 1).bit_length()
 
 def naive_hadamard(n: int, # size, a power of two
                    dtype=torch.float64, device=None) -> Tensor: # [n, n] Sylvester-Hadamard matrix

@@ -41,6 +41,16 @@ class TransformerConfig:
     proj_bias: bool | None = None # biases in the attention projections (None: the init scheme's choice; "lra" has none)
     layer_order: str = "pre_ln" # "pre_ln" | "renorm" (Chowdhury's code: LayerNorm on the residual stream itself at each layer start)
 
+    def __post_init__(self):
+        "Reject sizes that would build a silently broken model (no layers, an empty head)."
+        names = ("d_model", "num_heads", "num_layers", "d_ff", "max_len") + (("num_decoder_layers",) if hasattr(self, "num_decoder_layers") else ())
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} (head_dim = d_model / num_heads >= 1)")
+        if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
 @dataclass
 class LMConfig(TransformerConfig):
     "Causal LM. Defaults: Luo §4.2/A.2 WikiText-103, NPRF w/ RPE, m=64, length 512 (batch 64, 150k steps in TrainConfig)."
