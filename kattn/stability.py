@@ -7,7 +7,7 @@ Docs: https://kattn.github.io/kattn/stability.html.md"""
 # %% auto #0
 __all__ = ['FIG1B_PAPER', 'prf_variance', 'trf_variance', 'sphere_points', 'kernel_estimates', 'estimate_moments',
            'sample_variance_se', 'sample_complexity', 'exact_attention_row', 'rf_attention_row', 'l1_error',
-           'fig1b_errors', 'attention_entropy', 'locality_bias']
+           'fig1b_errors', 'large_norm_sweep', 'attention_entropy', 'locality_bias']
 
 # %% ../nbs/03_stability.ipynb #83aef872
 import math
@@ -150,6 +150,38 @@ FIG1B_PAPER = {1: {4: 0.50, 16: 0.33, 64: 0.20, 256: 0.10, 1024: 0.05},   # Luo 
                2: {4: 1.2, 16: 1.0, 64: 1.27, 256: 0.5, 1024: 0.4},
                4: {4: 1.78, 16: 1.82, 64: 1.72, 256: 1.62, 1024: 1.62},
                8: {4: 2.0, 16: 2.0, 64: 2.0, 256: 2.0, 1024: 2.0}}
+
+# %% ../nbs/03_stability.ipynb #cdcf7ab8
+def large_norm_sweep(names: list | None = None, # keys of kattn.layers.ATTENTIONS (None: all)
+                     scales: tuple = (1, 10, 30, 100), # factors on q and k
+                     dtypes: tuple = (torch.float32, torch.float64), # compute dtypes
+                     n: int = 16, head_dim: int = 8, num_heads: int = 2, # tiny shapes
+                     seed: int = 0, # inputs, layer construction and sampling
+                    ) -> list: # rows {name, dtype, scale, finite, max_err, error}
+    "Run registered attentions on s-scaled q, k and compare with exact (normalized) softmax in float64."
+    from .layers import ATTENTIONS, MultiheadAttention
+    from .attention import softmax_attention, normalized_softmax_attention
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, num_heads, n, head_dim, generator=g, dtype=torch.float64) for _ in range(3))
+    rows = []
+    for name in names or sorted(ATTENTIONS):
+        torch.manual_seed(seed)
+        mha = MultiheadAttention(num_heads * head_dim, num_heads, name, max_len=n).eval()
+        alg, normalized = mha.algorithm, name in ("normalized_softmax", "nprf_rpe")
+        bias = None if mha.rpe is None else torch.zeros(num_heads, 2 * n - 1, dtype=torch.float64)
+        for dt in dtypes:
+            alg = alg.to(dt)
+            for s in scales:
+                ref = (normalized_softmax_attention if normalized else softmax_attention)(q * s, k * s, v)
+                row = dict(name=name, dtype=str(dt).replace("torch.", ""), scale=s, finite=False, max_err=None, error="")
+                try:
+                    torch.manual_seed(seed)
+                    with torch.no_grad(): out = alg((q * s).to(dt), (k * s).to(dt), v.to(dt), rpe_bias=None if bias is None else bias.to(dt))
+                    row["finite"] = bool(torch.isfinite(out).all())
+                    if row["finite"]: row["max_err"] = float((out.double() - ref).abs().max())
+                except Exception as e: row["error"] = f"{type(e).__name__}: {e}"[:80]
+                rows.append(row)
+    return rows
 
 # %% ../nbs/03_stability.ipynb #430b13e8
 def attention_entropy(a: Tensor, # [..., n] distribution

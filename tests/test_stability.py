@@ -97,3 +97,16 @@ def test_errors():
     with pytest.raises(ValueError, match="kind"): estimate_moments(x, x, "rbf")
     with pytest.raises(ValueError, match="kind"): rf_attention_row(x, x[None], x[None], "rbf")
     with pytest.raises(ValueError, match="kind"): kernel_estimates(x, x, 2, 2, "rbf")
+
+
+# --- the large-norm sweep over registered attentions ------------------------------------------------------------------
+def test_large_norm_sweep_rows_and_guarantees():
+    from kattn.stability import large_norm_sweep
+    rows = large_norm_sweep(["softmax", "normalized_softmax", "performer", "trf"], scales=(1, 30, 100))
+    assert len(rows) == 4 * 2 * 3 and not any(r["error"] for r in rows)
+    by = {(r["name"], r["dtype"], r["scale"]): r for r in rows}
+    for dt in ("float32", "float64"):
+        for s in (1, 30, 100):
+            assert by[("softmax", dt, s)]["max_err"] < 1e-5 and by[("normalized_softmax", dt, s)]["max_err"] < 1e-5
+            assert by[("trf", dt, s)]["finite"] and by[("performer", dt, s)]["finite"]
+    assert by[("performer", "float64", 30)]["max_err"] > by[("performer", "float64", 1)]["max_err"]   # Lemma 2
