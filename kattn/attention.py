@@ -6,8 +6,8 @@ Docs: https://kattn.github.io/kattn/attention.html.md"""
 
 # %% auto #0
 __all__ = ['CAUSAL_CPU_GROUP_BYTES', 'RPE_CPU_BLOCK_BYTES', 'RPE_CPU_MIN_SIGNALS', 'rpe_matrix', 'softmax_attention',
-           'naive_kernelized_attention', 'rpe_cpu_block_bytes', 'kernelized_attention', 'kernelized_softmax_attention',
-           'normalized_softmax_attention', 'normalized_kernelized_attention']
+           'naive_kernelized_attention', 'value_box', 'clip_to_values', 'rpe_cpu_block_bytes', 'kernelized_attention',
+           'kernelized_softmax_attention', 'normalized_softmax_attention', 'normalized_kernelized_attention']
 
 # %% ../nbs/02_attention.ipynb #4c9647c9
 import math
@@ -126,6 +126,26 @@ def _finish(out1, eps, out_dtype):
     num, den = out1[..., :-1], out1[..., -1:]
     den = torch.where(den.abs() < eps, torch.full_like(den, eps), den)
     return (num / den).to(out_dtype)
+
+def value_box(v: Tensor, # [..., n_k, d_v] values
+              causal: bool = False, # box of the keys j <= i for query i
+              key_padding_mask: Tensor | None = None, # [..., n_k] bool, True = ignore that key
+             ) -> tuple: # (lo, hi): [..., 1 or n, d_v] per-column min and max of the admissible values
+    "Per-column range of the values a query may attend to (empty rows: lo = +inf > hi = -inf)."
+    lo, hi = v, v
+    if key_padding_mask is not None:
+        pad = key_padding_mask.unsqueeze(-1)
+        lo, hi = v.masked_fill(pad, float("inf")), v.masked_fill(pad, -float("inf"))
+    if causal: return lo.cummin(-2).values, hi.cummax(-2).values
+    return lo.amin(-2, keepdim=True), hi.amax(-2, keepdim=True)
+
+def clip_to_values(out: Tensor, # [..., n_q, d_v] an attention estimate
+                   v: Tensor, # [..., n_k, d_v] values
+                   causal: bool = False, key_padding_mask: Tensor | None = None,
+                  ) -> Tensor: # out projected into the box of admissible values (rows with none: unchanged)
+    "Project an attention estimate into [min_j v_j, max_j v_j] per column, where every exact output lies."
+    lo, hi = value_box(v.to(out.dtype), causal, key_padding_mask)
+    return torch.where(lo > hi, out, torch.minimum(torch.maximum(out, lo), hi))
 
 # %% ../nbs/02_attention.ipynb #ae44afda
 def _bidirectional(phi_q, phi_k, v1):
@@ -330,6 +350,7 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
                          memory_budget: int = 2 ** 28, # bytes of the RPE path's block buffers together
                          block_bytes: int | None = None, # bytes of one RPE FFT block; None: rpe_cpu_block_bytes(n) on CPU, no cap on CUDA
                          eps: float = 1e-12, # denominator guard
+                         clip: bool = False, # project rows into the admissible values' box (for sign-indefinite features)
                         ) -> Tensor: # [..., n_q, d_v]
     "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j; with rpe_bias: dense below ~1k positions, else FFT."
     _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
@@ -344,7 +365,8 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
                    else _rpe_core(fq, fk, v1, c, causal, memory_budget, block_bytes)
         elif causal: out1 = _causal_chunked(fq, fk, v1, chunk_size)
         else: out1 = _bidirectional(fq, fk, v1)
-        return _finish(out1, eps, out_dtype)
+        out = _finish(out1, eps, fq.dtype)
+        return (clip_to_values(out, v, causal, key_padding_mask) if clip else out).to(out_dtype)
 
 # %% ../nbs/02_attention.ipynb #0b3635df
 def _l2_normalize(x, eps): return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)

@@ -50,6 +50,7 @@ def _check_pos_int(name, v, allow_none=False):
 
 class FeatureMap(nn.Module):
     "Base class: a map [..., n, head_dim] -> [..., n, num_outputs] shared by queries and keys."
+    positive = False # True when every feature is >= 0 (kernel estimates, and attention denominators, cannot cancel)
     def __init__(self, head_dim: int, # d, the input dimension
                  num_features: int, # m, number of features (num_outputs may be a multiple)
                  seed: int | None = None, # seed of the initial draw and of scheduled redraws (None: global RNG)
@@ -157,6 +158,7 @@ def positive_features(x: Tensor, # [..., n, d] inputs (already scaled by the cal
 
 class PositiveRandomFeatures(FeatureMap):
     "Positive random features (Performer's FAVOR+, Luo Eq. 4): E[phi(x).phi(y)] = exp(x.y)."
+    positive = True
     def __init__(self, head_dim: int, # d
                  num_features: int, # m
                  orthogonal: bool = True, # ORF blocks (False: iid Gaussian, Luo's default)
@@ -231,6 +233,7 @@ class TrigonometricRandomFeatures(FeatureMap):
 
 # %% ../nbs/01_features.ipynb #fd8863f9
 class _DeterministicMap(FeatureMap):
+    positive = True # elu + 1 > 0, relu >= 0
     def __init__(self, head_dim: int, # d
                  num_features: int | None = None, # must be None or head_dim
                  **kwargs):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures, _check_pos_int
-from .attention import softmax_attention, kernelized_attention, rpe_matrix
+from .attention import softmax_attention, kernelized_attention, rpe_matrix, clip_to_values
 from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRandomizedAttention
 from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
 from .structured_rpe import t5_buckets
@@ -137,7 +137,7 @@ class SoftmaxAttention(nn.Module):
         return _nan_queries(q, out) if empty is None else _nan_queries(q, out).masked_fill(empty, 0.0)
 
 # %% ../nbs/06_layers.ipynb #db9e0ab0
-def dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal=False, key_padding_mask=None, eps=1e-12):
+def dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal=False, key_padding_mask=None, eps=1e-12, clip=False):
     "O(n^2) kernelized attention with a dense bias: w_ij = exp(B_ij - max B) phi_q_i . phi_k_j."
     work = torch.float64 if v.dtype == torch.float64 else torch.float32
     with torch.autocast(v.device.type, enabled=False):
@@ -147,7 +147,8 @@ def dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal=False, key_pad
         if allowed is not None: w = w.masked_fill(~allowed, 0.0)
         den = w.sum(-1, keepdim=True)
         den = torch.where(den.abs() < eps, torch.full_like(den, eps), den)
-        return ((w @ v.to(work)) / den).to(v.dtype)
+        out = (w @ v.to(work)) / den
+        return (clip_to_values(out, v, causal, key_padding_mask) if clip else out).to(v.dtype)
 
 class KernelizedAttention(nn.Module):
     "Kernelized attention with a FeatureMap phi applied to transformed queries and keys (Luo Eq. 3 / Eq. 10)."
@@ -177,8 +178,11 @@ class KernelizedAttention(nn.Module):
         out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         if attn_bias is not None:
             if rpe_bias is not None: attn_bias = attn_bias + rpe_matrix(rpe_bias)
-            return dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask).to(out_dtype)
-        return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask).to(out_dtype)
+            return dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask, clip=self.clip).to(out_dtype)
+        return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask, clip=self.clip).to(out_dtype)
+
+    @property
+    def clip(self) -> bool: return not self.feature_map.positive   # sign-indefinite features: keep rows in the values' box
 
 # %% ../nbs/06_layers.ipynb #8bc534ef
 @dataclass
@@ -406,7 +410,13 @@ def _recurrent_step(alg, q, k, v, state):
         out1 = phi_q @ S
         num, den = out1[..., :-1], out1[..., -1:]
         den = torch.where(den.abs() < 1e-12, torch.full_like(den, 1e-12), den)
-        return (num / den).to(v.dtype), {"S": S, "t": (0 if state is None else state["t"]) + 1}
+        out, new = num / den, {"S": S, "t": (0 if state is None else state["t"]) + 1}
+        if getattr(alg, "clip", False):                      # running box of the values seen so far
+            vw = v1[..., :-1]
+            new["lo"] = vw if state is None else torch.minimum(state["lo"], vw)
+            new["hi"] = vw if state is None else torch.maximum(state["hi"], vw)
+            out = torch.minimum(torch.maximum(out, new["lo"]), new["hi"])
+        return out.to(v.dtype), new
 
 def _cached_step(mha, q, k, v, state):
     "One step over cached keys/values: a bias row b_{j-t} when the algorithm takes one, else a causal prefix recompute."

@@ -136,6 +136,9 @@ class _LearnedMap(FeatureMap):
         self.kind, self.redraw_policy, self.stabilize, self.task = kind, redraw_policy, stabilize, task
         self.smoothing = None if (kind == "prf" or smoothing is None) else float(smoothing)
 
+    @property
+    def positive(self): return self.kind == "prf"   # RKS (cos/sin) features can be negative
+
     def _prepare(self, x, is_query, num_heads=1):
         "Validate x, apply the redraw policy; return (x in the work dtype, work dtype)."
         self.check_input(x)

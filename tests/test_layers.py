@@ -90,7 +90,8 @@ def test_parallel_equals_step_by_step(name):
     m = det(name, causal=True)
     state = _assert_steps_equal_forward(m)
     if ATTENTIONS[name].recurrent and m.rpe is None:
-        assert set(state) == {"S", "t"} and state["S"].shape[-2:] == (m.algorithm.feature_map.num_outputs, 5)
+        box = {"lo", "hi"} if m.algorithm.clip else set()               # sign-indefinite maps keep the values' box
+        assert set(state) == {"S", "t"} | box and state["S"].shape[-2:] == (m.algorithm.feature_map.num_outputs, 5)
 
 
 def test_softmax_layer_matches_reference():
@@ -310,3 +311,35 @@ def test_kernelized_layer_keeps_the_input_dtype(name):
     assert out.dtype == m.algorithm(q.half(), k.half(), v.half(), rpe_bias=rpe, attn_bias=torch.zeros(6, 6)).dtype
     if name != "trf":   # TRF's sign-indefinite denominator can nearly cancel: half-precision inputs move it a lot
         assert (out.float() - ref).abs().max() < 5e-2
+
+
+# --- sign-indefinite maps (TRF, RKS): the layer's output stays inside the admissible values' box ------------------------
+@pytest.mark.parametrize("name", ["trf", "gmm_rks", "fastfood_rks", "generative_rks"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1, 10, 30, 100])
+def test_sign_indefinite_layers_stay_in_the_value_box(name, causal, scale):
+    m = det(name, causal=causal)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 4, 9, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    kpm = torch.zeros(2, 1, 9, dtype=torch.bool); kpm[1, :, -3:] = True
+    with torch.no_grad(): out = m.algorithm(q * scale, k * scale, v, causal=causal, key_padding_mask=kpm)
+    lo = v.masked_fill(kpm[..., None], float("inf")); hi = v.masked_fill(kpm[..., None], -float("inf"))
+    lo, hi = (lo.cummin(-2).values, hi.cummax(-2).values) if causal else (lo.amin(-2, keepdim=True), hi.amax(-2, keepdim=True))
+    assert torch.isfinite(out).all()
+    assert (out >= lo - 1e-12).all() and (out <= hi + 1e-12).all()         # the exact output is a convex combination
+
+
+def test_trf_bf16_autocast_stays_in_the_value_box():
+    "Near-cancelling TRF denominators (in any precision, bf16 included) cannot throw the output outside the values."
+    torch.manual_seed(0)
+    m = MultiheadAttention(64, 4, "trf", max_len=128).eval()
+    x = torch.randn(4, 128, 64)
+    with torch.no_grad():
+        q, k, v = (m._split(p(x)) for p in (m.q_proj, m.k_proj, m.v_proj))
+        ref = softmax_attention(q.double(), k.double(), v.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16): out = m.algorithm(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    vb = v.bfloat16().double()
+    lo, hi = vb.amin(-2, keepdim=True), vb.amax(-2, keepdim=True)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert (out.double() >= lo - 1e-2).all() and (out.double() <= hi + 1e-2).all()
+    assert ((out.double() - ref).abs() <= (hi - lo) + 1e-2).all()
