@@ -159,8 +159,8 @@ def large_norm_sweep(names: list | None = None, # keys of kattn.layers.ATTENTION
                      seed: int = 0, # inputs, layer construction and sampling
                     ) -> list: # rows {name, dtype, scale, finite, max_err, error}
     "Run registered attentions on s-scaled q, k and compare with exact (normalized) softmax in float64."
-    from .layers import ATTENTIONS, MultiheadAttention
-    from .attention import softmax_attention, normalized_softmax_attention
+    from kattn.layers import ATTENTIONS, MultiheadAttention
+    from kattn.attention import softmax_attention, normalized_softmax_attention
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, num_heads, n, head_dim, generator=g, dtype=torch.float64) for _ in range(3))
     rows = []
