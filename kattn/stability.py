@@ -157,13 +157,13 @@ def large_norm_sweep(names: list | None = None, # keys of kattn.layers.ATTENTION
                      dtypes: tuple = (torch.float32, torch.float64), # compute dtypes
                      n: int = 16, head_dim: int = 8, num_heads: int = 2, # tiny shapes
                      seed: int = 0, # inputs, layer construction and sampling
-                    ) -> list: # rows {name, dtype, scale, finite, max_err, error}
+                    ) -> list: # rows {name, dtype, scale, finite, max_err, v_range, error}
     "Run registered attentions on s-scaled q, k and compare with exact (normalized) softmax in float64."
     from kattn.layers import ATTENTIONS, MultiheadAttention
     from kattn.attention import softmax_attention, normalized_softmax_attention
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, num_heads, n, head_dim, generator=g, dtype=torch.float64) for _ in range(3))
-    rows = []
+    rows, v_range = [], float((v.amax(-2) - v.amin(-2)).max())         # the largest error of an output inside the box
     for name in names or sorted(ATTENTIONS):
         torch.manual_seed(seed)
         mha = MultiheadAttention(num_heads * head_dim, num_heads, name, max_len=n).eval()
@@ -173,7 +173,7 @@ def large_norm_sweep(names: list | None = None, # keys of kattn.layers.ATTENTION
             alg = alg.to(dt)
             for s in scales:
                 ref = (normalized_softmax_attention if normalized else softmax_attention)(q * s, k * s, v)
-                row = dict(name=name, dtype=str(dt).replace("torch.", ""), scale=s, finite=False, max_err=None, error="")
+                row = dict(name=name, dtype=str(dt).replace("torch.", ""), scale=s, finite=False, max_err=None, v_range=v_range, error="")
                 try:
                     torch.manual_seed(seed)
                     with torch.no_grad(): out = alg((q * s).to(dt), (k * s).to(dt), v.to(dt), rpe_bias=None if bias is None else bias.to(dt))

@@ -136,3 +136,41 @@ def test_causality_bf16_and_errors():
     with pytest.raises(ValueError, match="last dim R"): decay_kernelized_attention(q, k, v, torch.ones(2), torch.ones(3))
     with pytest.raises(ValueError, match="2n-1"): bucketed_toeplitz_matmul(torch.ones(5), torch.ones(4, 2), [])
     with pytest.raises(ValueError, match="v must have"): decay_kernelized_attention(q, k, v[..., :3, :], torch.ones(2), torch.ones(2))
+
+
+# --- T5 buckets: always in [0, K) and the same as the layer's RelativePositionBias buckets ------------------------------
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("K", [1, 2, 8, 32])
+@pytest.mark.parametrize("max_distance", [1, 2, 4, 8, 128])
+def test_t5_buckets_in_range_and_match_the_layer(bidirectional, K, max_distance):
+    from kattn.layers import t5_buckets as layer_buckets
+    from kattn.structured_rpe import t5_buckets
+    if bidirectional and K < 2:                        # one bucket cannot hold both signs
+        for f in (lambda: t5_buckets(5, K, max_distance, True), lambda: layer_buckets(torch.arange(-4, 5), K, max_distance, True)):
+            with pytest.raises(ValueError, match="num_buckets must be >= 2"): f()
+        return
+    for n in (1, 5, 40):
+        b = t5_buckets(n, K, max_distance, bidirectional)
+        assert b.min() >= 0 and b.max() < K            # a negative bucket would silently index the bias from the end
+        assert torch.equal(b, layer_buckets(torch.arange(-(n - 1), n), K, max_distance, bidirectional))
+
+
+def test_nan_in_nan_out_structured_ops():
+    from kattn.structured_rpe import bucketed_kernelized_attention, decay_kernelized_attention
+    g = torch.Generator().manual_seed(0)
+    fq, fk = (torch.rand(2, 3, 7, 4, generator=g, dtype=torch.float64) + .1 for _ in range(2))
+    v = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64)
+    bb, al, la = torch.randn(3, 8, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64) + .1, torch.rand(3, 2, dtype=torch.float64) * .5 + .3
+    nan = lambda t, i: t.clone().index_put_(i, torch.tensor(float("nan"), dtype=t.dtype))
+    for causal in (False, True):
+        rows = torch.arange(7) >= 2 if causal else torch.ones(7, dtype=torch.bool)
+        ops = [lambda a, b, c, bb=bb: bucketed_kernelized_attention(a, b, c, bb, causal=causal, max_distance=16),
+               lambda a, b, c, al=al, la=la: decay_kernelized_attention(a, b, c, al, la, causal=causal, chunk_size=3)]
+        for op in ops:
+            for args, r in (((nan(fq, (torch.tensor(0), torch.tensor(1), torch.tensor(2))), fk, v), torch.arange(7) == 2),
+                            ((fq, nan(fk, (torch.tensor(0), torch.tensor(1), torch.tensor(2))), v), rows),
+                            ((fq, fk, nan(v, (torch.tensor(0), torch.tensor(1), torch.tensor(2)))), rows)):
+                out = op(*args)
+                assert torch.isnan(out[0, 1][r]).all() and torch.isfinite(out[:, [0, 2]]).all()
+        assert torch.isnan(ops[0](fq, fk, v, bb=nan(bb, (torch.tensor(1),)))[:, 1]).all()
+        assert torch.isnan(ops[1](fq, fk, v, la=nan(la, (torch.tensor(1),)))[:, 1]).all()
