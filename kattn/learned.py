@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .features import FeatureMap
+from .features import FeatureMap, _no_autocast
 
 # %% ../nbs/05_learned.ipynb #cb0441f5
 def next_pow2(n: int) -> int:
@@ -220,7 +220,7 @@ class GMMRandomFeatures(_LearnedMap):
                ) -> Tensor: # [..., (H,) n, num_outputs]
         "Map queries or keys to GMM spectral features."
         x, work = self._prepare(x, is_query, self.num_heads)
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             w = self.frequencies(dtype=work)
             if self.num_heads == 1: w = w[0]
             return self._features(x @ w.transpose(-1, -2), x, is_query, self.num_features ** -0.5 if self.kind == "rks" else None)
@@ -318,7 +318,7 @@ class FastFoodRandomFeatures(_LearnedMap):
                ) -> Tensor: # [..., n, num_outputs]
         "Map queries or keys to FastFood features."
         x, work = self._prepare(x, is_query)
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             return self._features(self.transform(x), x, is_query)
 
     def sample_frequencies(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor: # [N, d]
@@ -368,7 +368,7 @@ class GenerativeRandomFeatures(_LearnedMap):
                ) -> Tensor: # [..., n, num_outputs]
         "Map queries or keys to generated spectral features."
         x, work = self._prepare(x, is_query)
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x):
             return self._features(x @ self.frequencies().to(work).T, x, is_query)
 
     def sample_frequencies(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor: # [N, d]

@@ -363,3 +363,16 @@ def test_paper_configs_carry_the_task():
 @pytest.mark.parametrize("n", [-5, 0, 2.5, True])
 def test_next_pow2_rejects_non_positive(n):
     with pytest.raises((ValueError, TypeError), match="n must be a positive int"): next_pow2(n)
+
+
+@pytest.mark.parametrize("cls", [GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures])
+@pytest.mark.parametrize("kind", ["rks", "prf"])
+def test_meta_call_leaves_learned_maps_usable(cls, kind):
+    fm = cls(8, 8, kind=kind, seed=0).eval()
+    x = torch.randn(3, 8)
+    before = fm(x)
+    try: fm(torch.empty(2, 3, 8, device="meta"))       # CPU parameters and a meta input: may refuse, must not break
+    except RuntimeError as e: assert "meta" in str(e)
+    assert torch.equal(fm(x), before) and all(b.device.type == "cpu" for b in fm.buffers())
+    meta = cls(8, 8, kind=kind, seed=0).eval().to("meta")                 # a map moved to meta infers shapes
+    assert meta(torch.empty(2, 3, 8, device="meta")).shape[:2] == (2, 3)
