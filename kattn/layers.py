@@ -165,6 +165,8 @@ class KernelizedAttention(nn.Module):
     def features(self, q: Tensor, k: Tensor) -> tuple: # (phi_q [..., n_q, m], phi_k [..., n_k, m])
         "Transform and map queries and keys."
         s = (1.0 if self.normalize else q.shape[-1] ** -0.5) if self.scale is None else self.scale
+        work = torch.float64 if torch.float64 in (q.dtype, k.dtype) else torch.float32
+        q, k = q.to(work), k.to(work)          # scale/normalize in float32: bf16 rounding here shifts TRF phases
         if self.normalize:
             q = q / q.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
             k = k / k.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)

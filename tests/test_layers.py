@@ -343,3 +343,17 @@ def test_trf_bf16_autocast_stays_in_the_value_box():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert (out.double() >= lo - 1e-2).all() and (out.double() <= hi + 1e-2).all()
     assert ((out.double() - ref).abs() <= (hi - lo) + 1e-2).all()
+
+
+@pytest.mark.parametrize("name", ["trf", "performer", "nprf_rpe", "gmm_rks", "fastfood_prf"])
+def test_bf16_denominators_accumulate_in_float32(name):
+    "Under bf16 autocast the sums and the division run in float32: only the final rounding to bf16 differs."
+    m = det(name, causal=True).float()
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 21, 4, generator=g).bfloat16() for _ in range(3))
+    rpe = None if m.rpe is None else m.rpe(21).detach()
+    with torch.no_grad():
+        ref = m.algorithm(q.float(), k.float(), v.float(), rpe_bias=rpe, causal=True)      # same rounded inputs, float32
+        with torch.autocast("cpu", dtype=torch.bfloat16): out = m.algorithm(q, k, v, rpe_bias=rpe, causal=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
