@@ -46,7 +46,8 @@ class TransformerConfig:
         names = ("d_model", "num_heads", "num_layers", "d_ff", "max_len") + (("num_decoder_layers",) if hasattr(self, "num_decoder_layers") else ())
         for name in names:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
+            if isinstance(v, bool) or not hasattr(type(v), "__index__") or v < 1:   # ints (numpy ints too)
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} (head_dim = d_model / num_heads >= 1)")
         if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
