@@ -51,6 +51,7 @@ def _check_pos_int(name, v, allow_none=False):
 class FeatureMap(nn.Module):
     "Base class: a map [..., n, head_dim] -> [..., n, num_outputs] shared by queries and keys."
     positive = False # True when every feature is >= 0 (kernel estimates, and attention denominators, cannot cancel)
+    clip_output = False # KernelizedAttention's default: project each output row into the values' box (see 02_attention)
     def __init__(self, head_dim: int, # d, the input dimension
                  num_features: int, # m, number of features (num_outputs may be a multiple)
                  seed: int | None = None, # seed of the initial draw and of scheduled redraws (None: global RNG)
@@ -215,6 +216,7 @@ class TrigonometricRandomFeatures(FeatureMap):
                 ):
         super().__init__(head_dim, num_features, seed=seed, redraw_interval=redraw_interval)
         self.orthogonal, self.sphere, self.stabilize = orthogonal, sphere, stabilize
+        self.clip_output = True            # sign-indefinite and heavy-tailed at large norms: keep outputs in the values' box
         self.num_outputs = 2 * num_features
         self.register_draws()
 

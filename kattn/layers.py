@@ -157,10 +157,12 @@ class KernelizedAttention(nn.Module):
                  scale: float | None = None, # logit scale s (q, k multiplied by s**0.5); default 1/sqrt(head_dim)
                  normalize: bool = False, # l2-normalize q and k first (Luo's NPRF; then scale defaults to 1)
                  norm_eps: float = 1e-6, # clamp of the norms
+                 clip: bool | None = None, # project output rows into the values' box; None: the map's `clip_output` (TRF only)
                 ):
         super().__init__()
         if not isinstance(feature_map, FeatureMap): raise TypeError(f"feature_map must be a FeatureMap, got {type(feature_map).__name__}")
-        self.feature_map, self.scale, self.normalize, self.norm_eps = feature_map, scale, normalize, norm_eps
+        if clip not in (None, True, False): raise TypeError(f"clip must be None, True or False, got {clip!r}")
+        self.feature_map, self.scale, self.normalize, self.norm_eps, self._clip = feature_map, scale, normalize, norm_eps, clip
 
     def features(self, q: Tensor, k: Tensor) -> tuple: # (phi_q [..., n_q, m], phi_k [..., n_k, m])
         "Transform and map queries and keys."
@@ -184,7 +186,8 @@ class KernelizedAttention(nn.Module):
         return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask, clip=self.clip).to(out_dtype)
 
     @property
-    def clip(self) -> bool: return not self.feature_map.positive   # sign-indefinite features: keep rows in the values' box
+    def clip(self) -> bool: # keep output rows in the values' box (TRF by default; learned RKS maps stay as the official code)
+        return self.feature_map.clip_output if self._clip is None else self._clip
 
 # %% ../nbs/06_layers.ipynb #8bc534ef
 @dataclass
@@ -287,9 +290,9 @@ register_attention("lara", AttentionSpec(_lara, causal=True, rpe="none", feature
 
 # %% ../nbs/06_layers.ipynb #6060c9fa
 def _learned(cls, kind, per_head=False):
-    def build(head_dim, num_heads, num_features=None, scale=None, **kw):
+    def build(head_dim, num_heads, num_features=None, scale=None, clip=None, **kw):
         if per_head: kw["num_heads"] = num_heads
-        return KernelizedAttention(cls(head_dim, num_features, kind=kind, **kw), scale=scale)
+        return KernelizedAttention(cls(head_dim, num_features, kind=kind, **kw), scale=scale, clip=clip)
     return build
 
 for _name, _cls, _per_head in [("gmm", GMMRandomFeatures, True), ("fastfood", FastFoodRandomFeatures, False),
