@@ -521,3 +521,63 @@ def test_ra_eval_argument_errors():
     q, k, v = qkv(5, 4)
     with pytest.raises(ValueError, match="generator or a seed"): randomized_attention(q, k, v, generator=gen(), seed=0)
     with pytest.raises(ValueError, match="seed must be"): randomized_attention(q, k, v, seed=1.5)
+
+
+# ---------------------------------------------------------------- edge errors: empty sequences, batch mismatches, chunk_size
+
+_OPS = {"ra": lambda *a, **kw: randomized_attention(*a, **kw),
+        "ra_mean": lambda *a, **kw: randomized_attention(*a, deterministic=True, **kw),
+        "rfa": lambda *a, **kw: rfa_attention(*a, num_samples=4, **kw),
+        "lara": lambda *a, **kw: lara_attention(*a, num_proposals=2, **kw)}
+
+
+@pytest.mark.parametrize("name", list(_OPS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_empty_sequences_raise_value_error(name, causal):
+    q, k, v = qkv(2, 6, 4)
+    empty = torch.randn(2, 0, 4)
+    with pytest.raises(ValueError, match=r"q must have at least one query \(n >= 1\)"):
+        _OPS[name](empty, empty if causal else k, empty if causal else v, causal=causal)
+    if not causal:
+        with pytest.raises(ValueError, match=r"k must have at least one key \(m >= 1\)"):
+            _OPS[name](q, empty, empty)
+
+
+@pytest.mark.parametrize("name", list(_OPS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_batch_mismatch_raises_value_error_naming_the_argument(name, causal):
+    q, k, v = qkv(2, 6, 4)
+    other = torch.randn(3, 6, 4)
+    for bad in ("q", "k", "v"):
+        args = {"q": q, "k": k, "v": v, bad: other}
+        with pytest.raises(ValueError, match=rf"batch dims of q \(\d,\), k \(\d,\) and v \(\d,\) do not broadcast"):
+            _OPS[name](args["q"], args["k"], args["v"], causal=causal)
+    with pytest.raises(ValueError, match=r"key_padding_mask \[\.\.\., m\] has batch dims \(3,\) that do not broadcast with"):
+        _OPS[name](q, k, v, causal=causal, key_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
+    # broadcasting batch dims stay allowed: one q for two k/v, a mask shared by the batch, a mask per batch element
+    out = _OPS[name](q[:1], k, v, causal=causal, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool), generator=gen())
+    assert out.shape == (2, 6, 4) and torch.isfinite(out).all()
+
+
+def test_lara_query_padding_mask_batch_mismatch_raises_value_error():
+    q, k, v = qkv(2, 6, 4)
+    with pytest.raises(ValueError, match=r"query_padding_mask \[\.\.\., n\] has batch dims \(3,\) that do not broadcast"):
+        lara_attention(q, k, v, 2, query_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.0, True])
+def test_rfa_chunk_size_must_be_a_positive_int(chunk_size):
+    q, k, v = qkv(2, 6, 4)
+    for causal in (True, False):
+        with pytest.raises(ValueError, match=r"rfa_attention: chunk_size must be an int >= 1, got"):
+            rfa_attention(q, k, v, 4, causal=causal, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"RandomFeatureAttention: chunk_size must be an int >= 1, got"):
+        RandomFeatureAttention(4, 8, chunk_size=chunk_size)
+
+
+def test_lara_chunk_size_checked_without_causal_too():
+    q, k, v = qkv(2, 6, 4)
+    with pytest.raises(ValueError, match=r"lara_attention: chunk_size must be an int >= 1 or None, got 0"):
+        lara_attention(q, k, v, 2, chunk_size=0)
+    with pytest.raises(ValueError, match=r"LinearRandomizedAttention: chunk_size must be an int >= 1 or None, got 0"):
+        LinearRandomizedAttention(4, 2, chunk_size=0)
