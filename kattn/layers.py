@@ -261,6 +261,13 @@ register_attention("rfa", AttentionSpec(_rfa, causal=True, rpe="none", feature_m
 register_attention("lara", AttentionSpec(_lara, causal=True, rpe="none", feature_map="C proposals N(mu_c, .), mu_c from learned query/key landmarks",
                                          paper="Zheng et al. 2022, LARA (Algorithm 3); causal: kattn extension"))
 
+# %% ../nbs/06_layers.ipynb #955c6961
+def _rfa_heads(head_dim, num_heads, per_head=False, **kw):
+    "rfa; per_head=True gives every head its own draws (the official Performer), default one draw shared by all heads."
+    return CoreAdapter(RandomFeatureAttention(head_dim, num_heads=num_heads if per_head else None, **kw), "rfa")
+
+ATTENTIONS["rfa"].build = _rfa_heads   # options: per_head, estimator='official' (RandomFeatureAttention)
+
 # %% ../nbs/06_layers.ipynb #6060c9fa
 def _learned(cls, kind, per_head=False):
     def build(head_dim, num_heads, num_features=None, scale=None, **kw):
