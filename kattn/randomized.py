@@ -453,7 +453,8 @@ def lara_attention(q: Tensor, # [..., n, d] queries
                    mu: Tensor | None = None, # [..., C, d] proposal means to use (scaled space); default qbar + kbar
                    query_padding_mask: Tensor | None = None, # [..., n] bool, True = padded query (out of r's normalization); default: key_padding_mask when n == m
                    eps: Tensor | None = None, # [..., C, d] standard-normal noise to use instead of drawing it: omega = mu + std * eps
-                  ) -> Tensor: # [..., n, dv]
+                   return_weights: bool = False, # also return the SNIS weights softmax_c(log w) [..., n, C] (bidirectional only)
+                  ) -> Tensor: # [..., n, dv], or (output, weights) with return_weights
     "LARA: self-normalized multiple importance sampling with C shared Gaussian proposals, in log space, O(C n d)."
     batch = _check_qkv(q, k, v, key_padding_mask, "lara_attention")
     C, n, m = num_proposals, q.shape[-2], k.shape[-2]
@@ -483,6 +484,7 @@ def lara_attention(q: Tensor, # [..., n, d] queries
         if eps is None: eps = torch.randn(mu.shape, generator=generator, device=q.device, dtype=mu.dtype)
         omega = mu + _noise_std(noise, s) * eps
     if causal:
+        if return_weights: raise ValueError("lara_attention: return_weights needs causal=False (causal LARA mixes proposals with exact keys)")
         return _causal_lara_segments(qs, ks, v, omega, mu, qbar, pvalid, gamma, key_padding_mask, C, chunk_size).to(v.dtype)
     lq, lk = log_features(qs, omega), log_features(ks, omega)                         # [..., n, C], [..., m, C]
     if key_padding_mask is not None: lk = lk.masked_fill(key_padding_mask.unsqueeze(-1), -math.inf)
@@ -490,7 +492,8 @@ def lara_attention(q: Tensor, # [..., n, d] queries
     qvalid = torch.ones(n, dtype=torch.bool, device=q.device) if qpad is None else ~qpad
     logw = _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid)
     f = _softmax0(lk, -2).transpose(-1, -2) @ v.to(lk.dtype)                              # [..., C, dv]
-    return (_softmax0(logw, -1) @ f).to(v.dtype)
+    w = _softmax0(logw, -1)                                                              # [..., n, C]
+    return ((w @ f).to(v.dtype), w) if return_weights else (w @ f).to(v.dtype)
 
 # %% ../nbs/04_randomized.ipynb #056e4e46
 def naive_causal_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [n, d] unscaled (scale 1/sqrt(d)); [n, dv]

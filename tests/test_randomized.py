@@ -676,3 +676,18 @@ def test_rfa_module_official_estimator():
     torch.testing.assert_close(m(q, k, v), official_performer_attention(q, k, v, omega=m.omega), rtol=0, atol=0)
     with pytest.raises(ValueError, match="bidirectional"): m(q, k, v, causal=True)
     with pytest.raises(ValueError, match="estimator must be 'snis' or 'official'"): RandomFeatureAttention(8, estimator="favor")
+
+
+def test_lara_return_weights():
+    q, k, v = qkv(2, 12, 6, seed=209, dtype=F64)
+    C, r = 4, 6 ** -0.25
+    qb, kb, _ = lara_landmarks(q, k, C)
+    om = (qb + kb) * r + rand(2, C, 6, seed=210, dtype=F64)
+    out, w = lara_attention(q, k, v, C, omega=om, return_weights=True)
+    torch.testing.assert_close(out, lara_attention(q, k, v, C, omega=om), rtol=0, atol=0)
+    assert w.shape == (2, 12, C) and (w >= 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 12, dtype=F64), rtol=0, atol=1e-12)
+    f = torch.stack([torch.stack([naive_f(k[b] * r, v[b], om[b, c]) for c in range(C)]) for b in range(2)])   # [2, C, dv]
+    torch.testing.assert_close(w @ f, out, rtol=0, atol=1e-10)                                       # out = sum_c w_nc f(omega_c)
+    with pytest.raises(ValueError, match="return_weights needs causal=False"):
+        lara_attention(q, k, v, C, causal=True, return_weights=True)
