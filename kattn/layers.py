@@ -278,7 +278,9 @@ class CoreAdapter(nn.Module):
         return self.core(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
 
 def _ra(head_dim, num_heads, **kw): return CoreAdapter(RandomizedAttention(head_dim, **kw), "ra")
-def _rfa(head_dim, num_heads, **kw): return CoreAdapter(RandomFeatureAttention(head_dim, **kw), "rfa")
+def _rfa(head_dim, num_heads, per_head=False, **kw):
+    "rfa; per_head=True gives every head its own draws (the official Performer), default one draw shared by all heads."
+    return CoreAdapter(RandomFeatureAttention(head_dim, num_heads=num_heads if per_head else None, **kw), "rfa")
 def _lara(head_dim, num_heads, **kw): return CoreAdapter(LinearRandomizedAttention(head_dim, **kw), "lara")
 
 register_attention("ra", AttentionSpec(_ra, causal=True, rpe="none", feature_map="none: omega_n ~ the exact Gaussian mixture p_n",

@@ -358,3 +358,24 @@ def test_bf16_denominators_accumulate_in_float32(name):
         with torch.autocast("cpu", dtype=torch.bfloat16): out = m.algorithm(q, k, v, rpe_bias=rpe, causal=True)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
+
+
+def test_rfa_per_head_option():
+    from kattn.randomized import RandomFeatureAttention
+    torch.manual_seed(0)
+    shared = MultiheadAttention(16, 4, "rfa", seed=3, num_samples=8).double().eval()
+    per = MultiheadAttention(16, 4, "rfa", seed=3, num_samples=8, per_head=True).double().eval()
+    ws, wp = shared.algorithm.core.omega, per.algorithm.core.omega
+    assert ws.shape == (8, 4) and torch.equal(ws, RandomFeatureAttention(4, 8, seed=3).omega)   # default unchanged
+    assert wp.shape == (4, 8, 4)
+    assert min((wp[a] - wp[b]).abs().max() for a in range(4) for b in range(a + 1, 4)) > 0.1    # heads differ
+    assert torch.equal(wp, MultiheadAttention(16, 4, "rfa", seed=3, num_samples=8, per_head=True).algorithm.core.omega)
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    per.q_proj, per.k_proj, per.v_proj, per.out_proj = shared.q_proj, shared.k_proj, shared.v_proj, shared.out_proj
+    y_per, y_shared = per(x), shared(x)
+    assert torch.isfinite(y_per).all() and (y_per - y_shared).abs().max() > 1e-4
+    assert torch.equal(per(x), y_per)                                                          # fixed draws at eval
+    per.algorithm.core.omega = ws.expand(4, 8, 4).clone()                                      # all heads given the shared draw
+    torch.testing.assert_close(per(x), y_shared, rtol=1e-10, atol=1e-12)
+    off = MultiheadAttention(16, 4, "rfa", num_samples=8, per_head=True, estimator="official")
+    assert off(torch.randn(2, 7, 16)).shape == (2, 7, 16)

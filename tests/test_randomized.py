@@ -6,7 +6,7 @@ import torch
 
 from kattn.attention import kernelized_attention, softmax_attention
 from kattn.features import PositiveRandomFeatures
-from kattn.randomized import (LinearRandomizedAttention, RandomFeatureAttention, RandomizedAttention, lara_attention,
+from kattn.randomized import (LinearRandomizedAttention, RandomFeatureAttention, RandomizedAttention, lara_attention, official_performer_attention,
                               lara_landmarks, naive_causal_lara, naive_f, naive_lara, naive_rfa, randomized_attention, rfa_attention)
 from kattn.randomized import _counter_normal, _counter_uniform
 
@@ -521,3 +521,173 @@ def test_ra_eval_argument_errors():
     q, k, v = qkv(5, 4)
     with pytest.raises(ValueError, match="generator or a seed"): randomized_attention(q, k, v, generator=gen(), seed=0)
     with pytest.raises(ValueError, match="seed must be"): randomized_attention(q, k, v, seed=1.5)
+
+
+# ---------------------------------------------------------------- edge errors: empty sequences, batch mismatches, chunk_size
+
+_OPS = {"ra": lambda *a, **kw: randomized_attention(*a, **kw),
+        "ra_mean": lambda *a, **kw: randomized_attention(*a, deterministic=True, **kw),
+        "rfa": lambda *a, **kw: rfa_attention(*a, num_samples=4, **kw),
+        "lara": lambda *a, **kw: lara_attention(*a, num_proposals=2, **kw)}
+
+
+@pytest.mark.parametrize("name", list(_OPS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_empty_sequences_raise_value_error(name, causal):
+    q, k, v = qkv(2, 6, 4)
+    empty = torch.randn(2, 0, 4)
+    with pytest.raises(ValueError, match=r"q must have at least one query \(n >= 1\)"):
+        _OPS[name](empty, empty if causal else k, empty if causal else v, causal=causal)
+    if not causal:
+        with pytest.raises(ValueError, match=r"k must have at least one key \(m >= 1\)"):
+            _OPS[name](q, empty, empty)
+
+
+@pytest.mark.parametrize("name", list(_OPS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_batch_mismatch_raises_value_error_naming_the_argument(name, causal):
+    q, k, v = qkv(2, 6, 4)
+    other = torch.randn(3, 6, 4)
+    for bad in ("q", "k", "v"):
+        args = {"q": q, "k": k, "v": v, bad: other}
+        with pytest.raises(ValueError, match=rf"batch dims of q \(\d,\), k \(\d,\) and v \(\d,\) do not broadcast"):
+            _OPS[name](args["q"], args["k"], args["v"], causal=causal)
+    with pytest.raises(ValueError, match=r"key_padding_mask \[\.\.\., m\] has batch dims \(3,\) that do not broadcast with"):
+        _OPS[name](q, k, v, causal=causal, key_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
+    # broadcasting batch dims stay allowed: one q for two k/v, a mask shared by the batch, a mask per batch element
+    out = _OPS[name](q[:1], k, v, causal=causal, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool), generator=gen())
+    assert out.shape == (2, 6, 4) and torch.isfinite(out).all()
+
+
+def test_lara_query_padding_mask_batch_mismatch_raises_value_error():
+    q, k, v = qkv(2, 6, 4)
+    with pytest.raises(ValueError, match=r"query_padding_mask \[\.\.\., n\] has batch dims \(3,\) that do not broadcast"):
+        lara_attention(q, k, v, 2, query_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.0, True])
+def test_rfa_chunk_size_must_be_a_positive_int(chunk_size):
+    q, k, v = qkv(2, 6, 4)
+    for causal in (True, False):
+        with pytest.raises(ValueError, match=r"rfa_attention: chunk_size must be an int >= 1, got"):
+            rfa_attention(q, k, v, 4, causal=causal, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"RandomFeatureAttention: chunk_size must be an int >= 1, got"):
+        RandomFeatureAttention(4, 8, chunk_size=chunk_size)
+
+
+def test_lara_chunk_size_checked_without_causal_too():
+    q, k, v = qkv(2, 6, 4)
+    with pytest.raises(ValueError, match=r"lara_attention: chunk_size must be an int >= 1 or None, got 0"):
+        lara_attention(q, k, v, 2, chunk_size=0)
+    with pytest.raises(ValueError, match=r"LinearRandomizedAttention: chunk_size must be an int >= 1 or None, got 0"):
+        LinearRandomizedAttention(4, 2, chunk_size=0)
+
+
+# ---------------------------------------------------------------- the official Performer baseline; per-head draws
+
+def _official_favorp_by_hand(q, k, v, W, eps=1e-4, clamp=1e-2):
+    "One head of the official favorp Performer written out with numpy (float64): q [n, d], k [m, d], v [m, dv], W [S, d]."
+    import numpy as np
+    q, k, v, W = (x.numpy() for x in (q, k, v, W))
+    dn, S = q.shape[1] ** -0.25, W.shape[0]
+    out = np.zeros((q.shape[0], v.shape[1]))
+    kd = (k * dn) @ W.T
+    kp = np.array([[S ** -0.5 * math.exp(kd[m, j] - (k[m] @ k[m]) / 2 * dn * dn - kd.max()) + eps for j in range(S)]
+                   for m in range(k.shape[0])])
+    for i in range(q.shape[0]):
+        qd = (q[i] * dn) @ W.T
+        qp = np.array([S ** -0.5 * math.exp(qd[j] - (q[i] @ q[i]) / 2 * dn * dn - qd.max()) + eps for j in range(S)])
+        out[i] = (qp @ (kp.T @ v)) / max(qp @ kp.sum(0), clamp)
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("n,m,S,sig", [(1, 1, 2, 1.0), (5, 9, 7, 2.5), (12, 12, 16, 4.0)])
+def test_official_performer_matches_hand_formula(n, m, S, sig):
+    q, k = sig * rand(2, 2, n, 6, seed=200, dtype=F64), sig * rand(2, 2, m, 6, seed=201, dtype=F64)
+    v, W = rand(2, 2, m, 3, seed=202, dtype=F64), rand(2, S, 6, seed=203, dtype=F64)     # per-head projections
+    out = official_performer_attention(q, k, v, omega=W)
+    for b in range(2):
+        for h in range(2):
+            torch.testing.assert_close(out[b, h], _official_favorp_by_hand(q[b, h], k[b, h], v[b, h], W[h]), rtol=0, atol=1e-12)
+
+
+def test_official_performer_without_offset_and_clamp_is_exact_rfa_and_clamps_large_queries():
+    q, k, v = qkv(2, 3, 20, 8, seed=204, dtype=F64)
+    W = rand(3, 16, 8, seed=205, dtype=F64)
+    torch.testing.assert_close(official_performer_attention(q, k, v, omega=W, feature_eps=0, denom_min=0),
+                               rfa_attention(q, k, v, 16, omega=W), rtol=0, atol=1e-10)
+    assert (official_performer_attention(q, k, v, omega=W) - rfa_attention(q, k, v, 16, omega=W)).abs().max() > 1e-6
+    # large queries: every denominator is clamped, so the output equals num / 1e-2
+    big = 6 * q
+    o_clamped = official_performer_attention(big, k, v, omega=W)
+    o_free = official_performer_attention(big, k, v, omega=W, denom_min=0)
+    ones = torch.ones(2, 3, 20, 1, dtype=F64)
+    ratio = official_performer_attention(big, k, ones, omega=W)                  # v = 1: den / max(den, 1e-2)
+    assert (ratio < 1 - 1e-6).all()                                               # every query clamped
+    torch.testing.assert_close(o_clamped, o_free * ratio, rtol=1e-10, atol=0)      # num / 1e-2 = (num / den) * (den / 1e-2)
+    ratio_small = official_performer_attention(q / 20, k / 20, ones, omega=W)
+    assert ((ratio_small - 1).abs() < 1e-12).all()                               # small queries and keys: no clamping
+
+
+def test_official_performer_padding_grads_and_errors():
+    q, k, v = qkv(2, 11, 8, seed=206)
+    mask = torch.arange(11) >= 8
+    torch.testing.assert_close(official_performer_attention(q, k, v, 16, generator=gen(1), key_padding_mask=mask),
+                               official_performer_attention(q, k[:, :8], v[:, :8], 16, generator=gen(1)), rtol=1e-5, atol=1e-6)
+    qq = q.clone().requires_grad_()
+    official_performer_attention(qq, k, v, 16, generator=gen(1), key_padding_mask=mask).sum().backward()
+    assert torch.isfinite(qq.grad).all() and qq.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="feature_eps must be a float >= 0"): official_performer_attention(q, k, v, feature_eps=-1.0)
+    with pytest.raises(ValueError, match="denom_min must be a float >= 0"): official_performer_attention(q, k, v, denom_min="x")
+    with pytest.raises(ValueError, match="num_features must be an int >= 1"): official_performer_attention(q, k, v, 0)
+    with pytest.raises(ValueError, match="omega must have shape"): official_performer_attention(q, k, v, omega=torch.randn(4, 3))
+    with pytest.raises(ValueError, match="at least one key"): official_performer_attention(q, k[:, :0], v[:, :0])
+
+
+def test_rfa_module_per_head_draws():
+    from kattn.features import gaussian_draws
+    q, k, v = qkv(2, 3, 10, 8, seed=207)
+    shared = RandomFeatureAttention(8, 16, seed=4)
+    # default unchanged: one orthogonal [S, d] buffer, the draw gaussian_draws gives for that seed, shared by every head
+    assert torch.equal(shared.omega, gaussian_draws(16, 8, orthogonal=True, generator=gen(4)))
+    torch.testing.assert_close(shared.eval()(q, k, v), rfa_attention(q, k, v, 16, omega=shared.omega), rtol=0, atol=0)
+    per = RandomFeatureAttention(8, 16, seed=4, num_heads=3)
+    assert per.omega.shape == (3, 16, 8)
+    assert torch.equal(per.omega[0], shared.omega)                               # heads draw from the seed's generator in turn
+    for a in range(3):
+        for b in range(a + 1, 3): assert (per.omega[a] - per.omega[b]).abs().max() > 0.1   # every head its own draw
+    assert torch.equal(per.omega, RandomFeatureAttention(8, 16, seed=4, num_heads=3).omega)   # same seed, same draws
+    assert not torch.equal(per.omega, RandomFeatureAttention(8, 16, seed=5, num_heads=3).omega)
+    out = per.eval()(q, k, v)
+    for h in range(3):
+        torch.testing.assert_close(out[:, h], rfa_attention(q[:, h], k[:, h], v[:, h], 16, omega=per.omega[h]), rtol=1e-5, atol=1e-6)
+    per.train()                                                                    # training: fresh iid draws per head
+    t1, t2 = per(q, k, v, generator=gen(9)), per(q, k, v, generator=gen(9))
+    assert torch.equal(t1, t2)
+    W = torch.stack([gaussian_draws(16, 8, generator=g_) for g_ in [gen(9)] for _ in range(3)])
+    torch.testing.assert_close(t1, rfa_attention(q, k, v, 16, omega=W), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"q must have shape \[\.\.\., H, n, d\] with H = 3"): per(q[:, :2], k[:, :2], v[:, :2])
+    with pytest.raises(ValueError, match="num_heads must be an int >= 1 or None"): RandomFeatureAttention(8, num_heads=0)
+
+
+def test_rfa_module_official_estimator():
+    q, k, v = qkv(2, 3, 10, 8, seed=208)
+    m = RandomFeatureAttention(8, 16, seed=1, num_heads=3, estimator="official").eval()
+    torch.testing.assert_close(m(q, k, v), official_performer_attention(q, k, v, omega=m.omega), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="bidirectional"): m(q, k, v, causal=True)
+    with pytest.raises(ValueError, match="estimator must be 'snis' or 'official'"): RandomFeatureAttention(8, estimator="favor")
+
+
+def test_lara_return_weights():
+    q, k, v = qkv(2, 12, 6, seed=209, dtype=F64)
+    C, r = 4, 6 ** -0.25
+    qb, kb, _ = lara_landmarks(q, k, C)
+    om = (qb + kb) * r + rand(2, C, 6, seed=210, dtype=F64)
+    out, w = lara_attention(q, k, v, C, omega=om, return_weights=True)
+    torch.testing.assert_close(out, lara_attention(q, k, v, C, omega=om), rtol=0, atol=0)
+    assert w.shape == (2, 12, C) and (w >= 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 12, dtype=F64), rtol=0, atol=1e-12)
+    f = torch.stack([torch.stack([naive_f(k[b] * r, v[b], om[b, c]) for c in range(C)]) for b in range(2)])   # [2, C, dv]
+    torch.testing.assert_close(w @ f, out, rtol=0, atol=1e-10)                                       # out = sum_c w_nc f(omega_c)
+    with pytest.raises(ValueError, match="return_weights needs causal=False"):
+        lara_attention(q, k, v, C, causal=True, return_weights=True)
