@@ -149,8 +149,9 @@ def parse_value(s: str, # the text after -p KEY
 MAX_VALUE_CHARS = 100   # longest value a parameter takes, written as a Python literal
 MAX_SLUG_CHARS = 200    # longest record name (file names end at 255 bytes; the runner adds prefixes and suffixes)
 _KINDS = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "tuple": tuple}
-_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-_CMP = re.compile(r"\s*(>=|>|<=|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+_OPS = {"min": operator.ge, "max": operator.le, ">": operator.gt, "<": operator.lt}
+_SHOW = {"min": ">=", "max": "<=", ">": ">", "<": "<"}
+_CMP = re.compile(r"\s*(min|max|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 
 def _kind(v): return next((k for k, t in _KINDS.items() if type(v) is t), None)
 
@@ -161,13 +162,14 @@ def parse_declaration(default, # the parameter's default value
     m = re.match(r"\[([^\]]*)\]\s*", comment := (comment or "").strip())
     spec, help_ = (m.group(1).strip(), comment[m.end():]) if m else ("", comment)
     kind, choices, bounds, rest = _kind(default), None, (), spec
-    if t := re.match(r"(bool|int|float|str|list|tuple)\b\s*", spec):
+    if "=" in spec: raise ValueError(f"declaration [{spec}]: '=' stops papermill from reading the line; write min N, max N, > N, < N")
+    if t := re.match(r"(bool|int|float|str|list|tuple)\b\s*,?\s*", spec):
         if not (kind is None or t.group(1) == kind or (t.group(1), kind) == ("float", "int")):
             raise ValueError(f"declaration [{spec}] does not fit the default {default!r}")
         kind, rest = t.group(1), spec[t.end():]
-    if re.match(r"\s*[<>]", rest):
+    if re.match(r"\s*(min\b|max\b|[<>])", rest):
         parts = [_CMP.fullmatch(p) for p in rest.split(",")]
-        if not all(parts): raise ValueError(f"declaration [{spec}] is not a range like '>= 1' or '> 0, <= 1'")
+        if not all(parts): raise ValueError(f"declaration [{spec}] is not a range like 'min 1' or '> 0, max 1'")
         if kind not in ("int", "float", "list", "tuple", None): raise ValueError(f"declaration [{spec}]: a range needs a number, the default is {default!r}")
         bounds = tuple((p.group(1), float(p.group(2))) for p in parts)
     elif rest.strip(): choices = tuple(parse_value(c.strip()) for c in rest.split("|"))
@@ -185,7 +187,7 @@ def _describe(decl: dict) -> str:
         alts = ", ".join(map(repr, decl["choices"]))
         return f"{what} whose items are each one of {alts}" if each else f"one of {alts}"
     if decl["bounds"]:
-        rng = " and ".join(f"{op} {_num(x)}" for op, x in decl["bounds"])
+        rng = " and ".join(f"{_SHOW[op]} {_num(x)}" for op, x in decl["bounds"])
         return f"{what} of numbers each {rng}" if each else f"{what} {rng}"
     return what
 
@@ -623,9 +625,10 @@ def _experiment_table(root=None, width: int = None) -> str:
     lines = [f"{'experiment':{w}}{'preset':8}parameters (defaults [allowed values]; set one with -p KEY VALUE)"]
     for n in names:
         ps = parameter_declarations(experiments_dir(cfg.root) / f"{n}.ipynb"); ps.pop("preset", None)
-        text = ", ".join(f"{k}={d['default']!r}" + (f" [{d['spec']}]" if d["spec"] else "") for k, d in ps.items()) or "(none)"
-        keep = lambda s: re.sub(r"\[[^\]]*\]", lambda m: m.group().replace(" ", "\xa0"), s)   # wrap between parameters only
-        wrapped = [l.replace("\xa0", " ") for l in textwrap.wrap(keep(text), max(30, width - w - 8), break_long_words=False,
+        # a declaration stays with its parameter (no-break spaces while wrapping); long choices wrap after a '|'
+        spec = lambda s: "\xa0[" + s.replace(" | ", "\xa0|\n").replace(" ", "\xa0").replace("\n", " ") + "]" if s else ""
+        text = ", ".join(f"{k}={d['default']!r}{spec(d['spec'])}" for k, d in ps.items()) or "(none)"
+        wrapped = [l.replace("\xa0", " ") for l in textwrap.wrap(text, max(30, width - w - 8), break_long_words=False,
                                                                  break_on_hyphens=False)]
         lines += [f"{n:{w}}{cfg.preset:8}{wrapped[0]}", *(" " * (w + 8) + l for l in wrapped[1:])]
     lines += ["", *textwrap.wrap(f"preset: what `kattn run NAME` uses, from settings.ini [kattn] preset or KATTN_PRESET; "

@@ -281,9 +281,9 @@ def test_stopped_run_keeps_failed_record_and_no_temp_files(tmp_path, sig):
 # ---- parameters checked before anything runs -------------------------------------------------------------------
 
 DECLARED = ('preset = "smoke"  # [smoke | cpu | paper]\n'
-            'd = 64            # [>= 1] head dimension\n'
-            'repeats = 3       # [int >= 1] timing repeats\n'
-            'gamma = 2.0       # [> 0, <= 10]\n'
+            'd = 64            # [min 1] head dimension\n'
+            'repeats = 3       # [int, min 1] timing repeats\n'
+            'gamma = 2.0       # [> 0, max 10]\n'
             'device = "auto"   # [auto | cpu | cuda] where to run\n'
             'tag = "a"         # free text, no declaration\n'
             'fail = False')
@@ -360,10 +360,11 @@ def test_real_templates_refuse_the_reported_values_without_papermill():
 
 
 @pytest.mark.parametrize("default,comment,want", [
-    (5, "[int >= 1] timing repeats", {"kind": "int", "choices": None, "bounds": ((">=", 1.0),), "spec": "int >= 1", "help": "timing repeats"}),
-    (5, "[>= 1]", {"kind": "int", "bounds": ((">=", 1.0),)}),
+    (5, "[int, min 1] timing repeats", {"kind": "int", "choices": None, "bounds": (("min", 1.0),), "spec": "int, min 1", "help": "timing repeats"}),
+    (5, "[min 1]", {"kind": "int", "bounds": (("min", 1.0),)}),
     (0.5, "[> 0, < 1] a fraction", {"kind": "float", "bounds": ((">", 0.0), ("<", 1.0)), "help": "a fraction"}),
-    (2, "[float >= 0]", {"kind": "float", "bounds": ((">=", 0.0),)}),
+    (2, "[float min 0]", {"kind": "float", "bounds": (("min", 0.0),)}),
+    (2.0, "[min -1.5, max 1e3]", {"kind": "float", "bounds": (("min", -1.5), ("max", 1000.0))}),
     ("cpu", "[smoke | cpu | paper]", {"kind": "str", "choices": ("smoke", "cpu", "paper"), "bounds": ()}),
     ("", '["" | de-en | en-de]', {"kind": "str", "choices": ("", "de-en", "en-de")}),
     (["a"], "[a | b] items", {"kind": "list", "choices": ("a", "b"), "help": "items"}),
@@ -378,8 +379,9 @@ def test_declaration_parser(default, comment, want):
 
 @pytest.mark.parametrize("default,comment,says", [
     (5, "[str]", "does not fit the default"),
-    ("a", "[>= 1]", "a range needs a number"),
-    (5, "[>= x]", "not a range"),
+    ("a", "[min 1]", "a range needs a number"),
+    (5, "[min x]", "not a range"),
+    (5, "[>= 1]", "stops papermill from reading the line"),
 ])
 def test_declaration_parser_refuses_bad_declarations(default, comment, says):
     with pytest.raises(ValueError, match=says): runner.parse_declaration(default, comment)
@@ -388,7 +390,7 @@ def test_declaration_parser_refuses_bad_declarations(default, comment, says):
 def test_template_default_must_satisfy_its_declaration(tmp_path):
     root = declared_project(tmp_path)
     nb = nbformat.read(root / "nbs" / "experiments" / "tiny.ipynb", as_version=4)
-    nb.cells[0].source = 'preset = "smoke"\nrepeats = 0  # [>= 1]'
+    nb.cells[0].source = 'preset = "smoke"\nrepeats = 0  # [min 1]'
     nbformat.write(nb, root / "nbs" / "experiments" / "tiny.ipynb")
     with pytest.raises(ValueError, match=r"the default of parameter 'repeats' of tiny must be an int >= 1, got 0"):
         runner.notebook_parameters(root / "nbs" / "experiments" / "tiny.ipynb")
@@ -547,3 +549,15 @@ def test_reproduce_state_file_is_git_ignored():
     r = subprocess.run(["git", "check-ignore", "--no-index", "runs/.reproduce-state.json", "runs/.reproduce-state.json.12.tmp",
                         "runs/lm/.tmp-cpu-12.progress"], cwd=ROOT, capture_output=True, text=True)
     assert len(r.stdout.split()) == 3, r
+
+
+def test_papermill_reads_every_declared_parameter(caplog):
+    # a second '=' on a parameters line (as in '>= 1') makes papermill skip the line and call the parameter unknown
+    import papermill as pm
+    for name in runner.list_experiments(ROOT):
+        path = ROOT / "nbs" / "experiments" / f"{name}.ipynb"
+        theirs = pm.inspect_notebook(str(path))
+        ours = runner.parameter_declarations(path)
+        assert list(theirs) == list(ours), name
+        assert {k: runner.parse_value(v["default"]) for k, v in theirs.items()} == {k: d["default"] for k, d in ours.items()}, name
+    assert "Unable to parse" not in caplog.text
