@@ -641,7 +641,8 @@ def _parser():
     preset_help = (f"smoke (seconds), cpu (minutes on 2 CPU cores) or paper (the papers' sizes, for a GPU); "
                    f"default {default}, from settings.ini [kattn] preset or KATTN_PRESET")
     param_help = ("set a parameter of the template's `parameters` cell; VALUE is read as a Python literal (64, 0.5, True, "
-                  "[1, 2]), else as a string; repeat for several; `kattn list` shows each experiment's parameters")
+                  "[1, 2]), else as a string, and checked against the template before anything runs; repeat for several; "
+                  "`kattn list` shows each experiment's parameters and their allowed values")
     exps = "experiments (nbs/experiments/NAME.ipynb):\n" + "\n".join(
         f"  {n:24} {_title(experiments_dir(cfg.root) / f'{n}.ipynb')}" for n in names) if names else ""
     p = argparse.ArgumentParser(prog="kattn", description="kattn: experiments, site and data")
