@@ -561,3 +561,21 @@ def test_papermill_reads_every_declared_parameter(caplog):
         assert list(theirs) == list(ours), name
         assert {k: runner.parse_value(v["default"]) for k, v in theirs.items()} == {k: d["default"] for k, d in ours.items()}, name
     assert "Unable to parse" not in caplog.text
+
+
+def test_trainer_and_benchmarks_report_through_the_side_channel(tmp_path, monkeypatch):
+    import torch
+    from kattn import _progress
+    from kattn.bench import time_cases
+    from kattn.models import CausalLM, LMConfig
+    from kattn.train import CopyTask, Trainer, TrainConfig, lm_loss
+    path = tmp_path / "progress.jsonl"
+    monkeypatch.setenv(_progress.ENV, str(path)); monkeypatch.setattr(_progress, "_last", {})
+    torch.manual_seed(0)
+    model = CausalLM(LMConfig(vocab_size=16, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_len=18, attention="softmax", attention_options={}))
+    cfg = TrainConfig(max_steps=3, batch_size=4, warmup_steps=1, log_every=0, eval_every=0, progress=False)
+    Trainer(model, cfg, CopyTask(16, k=8), loss_fn=lm_loss).fit()
+    time_cases({"a": lambda: None, "b": lambda: None}, repeats=2)
+    evs, _ = _progress.follow(path)
+    assert [(e["task"], e["done"], e["total"]) for e in evs] == [("train", 1, 3), ("train", 3, 3), ("bench", 1, 2), ("bench", 2, 2)]
+    assert float(evs[0]["loss"]) > 0 and evs[2]["mode"] == "fwd"
