@@ -442,7 +442,7 @@ def run_experiment(name: str, # template name in nbs/experiments
     saved = {k: os.environ.get(k) for k in ("KATTN_METRICS_PATH", "TQDM_DISABLE", "PYTHONWARNINGS", PROGRESS_ENV)}
     os.environ["KATTN_METRICS_PATH"] = str(tmp_js.resolve())
     if progress is None: os.environ.pop(PROGRESS_ENV, None)
-    else: os.environ[PROGRESS_ENV] = str(tmp_pg.resolve()); progress.experiment(name, tmp_pg)
+    else: os.environ[PROGRESS_ENV] = str(tmp_pg.resolve()); progress.experiment(f"{name}/{slug}", tmp_pg)
     os.environ["TQDM_DISABLE"] = "1"                         # progress bars would be stored in the record,
     os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"   # and tqdm.auto's widget warning with a machine path
     t0, since, started = time.perf_counter(), time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -461,9 +461,9 @@ def test_cli_run_prints_plain_progress_when_stderr_is_not_a_terminal(tmp_path):
     root = make_project(tmp_path, "import time; time.sleep(2)\n" + REPORTS)
     r = cli(["run", "tiny"], cwd=root, timeout=300)
     assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.startswith("tiny ")]
+    lines = [l for l in r.stderr.splitlines() if l.startswith("tiny/smoke ")]
     assert lines and "\r" not in r.stderr and "\x1b" not in r.stderr, r.stderr   # plain lines, no live redraws
-    assert re.fullmatch(r"tiny \d+:\d\d( cell \d/3.*)?", lines[0]), lines
+    assert re.fullmatch(r"tiny/smoke \d+:\d\d( cell \d/3.*)?", lines[0]), lines
 
 
 def fake_suite(monkeypatch, tmp_path, stop_at=None, fail=()):
