@@ -17,8 +17,8 @@ import importlib
 # `exporti`, not `export`: nbdev copies the index's `export` cells into the package docstring. So nbdev's own
 # `__all__` above stays empty and this one replaces it.
 __version__ = "0.1.0"
-__all__ = ["attention", "bench", "config", "data", "features", "layers", "learned", "models", "randomized", "runner",
-           "site", "stability", "structured_rpe", "toeplitz", "train"]
+__all__ = ["attention", "bench", "config", "data", "features", "layers", "learned", "models", "randomized", "results",
+           "runner", "site", "stability", "structured_rpe", "toeplitz", "train"]
 
 def __getattr__(name):
     "Import the submodule `name` on first use (PEP 562), so that `import kattn` stays quick."

@@ -509,6 +509,7 @@ SUITE = [
     ("toeplitz_fft", {}),             # Toeplitz/FFT product vs dense (Luo §3.2)
     ("approx_error_prf", {}),         # Luo Fig. 1b: PRF error vs m and R; normalization + RPE
     ("approx_error_randomized", {}),  # Zheng §5.1: RA / RFA / LARA / Performer MSE vs samples
+    ("zheng_cost", {}),               # Zheng §4.6: RA / LARA / Performer time and memory relative to softmax
     ("learned_kernels", {}),          # Chowdhury: learned spectral kernels on a generated task
     ("train_smoke", {}),              # tiny causal LM, three attention variants
     ("conversion", {}),               # Luo Fig. 2: softmax models converted to PRF without fine-tuning
@@ -672,7 +673,9 @@ def _parser():
                          f"(remembered in RUNS_DIR/{STATE_FILE})")
     sub.add_parser("site", help="build the website into _site/")
     sub.add_parser("list", help="table of the experiments: default preset and parameters")
-    sub.add_parser("data", help="dataset cache: list, fetch (see `kattn data -h`)", add_help=False)
+    sub.add_parser("results", help="write the README's results section from the records").add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 with a diff when README.md and the records disagree")
+    sub.add_parser("data", help="dataset cache: list, fetch, verify (see `kattn data -h`)", add_help=False)
     return p
 
 # %% ../nbs/11_runner.ipynb #f58379ac
@@ -703,6 +706,7 @@ def _main(argv: list) -> int:
                       file=sys.stderr); return 1
         elif a.cmd == "site": build_site()
         elif a.cmd == "list": print(_experiment_table())
+        elif a.cmd == "results": from kattn.results import results_cli; return results_cli(a.check)
     except (ValueError, RuntimeError) as e:
         print(f"kattn {a.cmd}: error: {e}", file=sys.stderr)
         if isinstance(e.__cause__, KeyboardInterrupt): return 128 + (signal.SIGTERM if isinstance(e.__cause__, _Terminated) else signal.SIGINT)

@@ -18,20 +18,29 @@ from torch import Tensor
 from .attention import _prepare, _finish, _rpe_weights, _check_attention
 
 # %% ../nbs/02a_structured_rpe.ipynb #c85cc4ce
-def t5_buckets(n: int, # sequence length
-               num_buckets: int = 32, # K
-               max_distance: int = 128, # offsets beyond this share the last bucket
-               bidirectional: bool = True, # separate buckets for t > 0
-               device=None, # torch device of the result
-              ) -> Tensor: # [2n-1] long, bucket of offset t = j - i at entry t + n - 1
-    "T5's relative-position bucket of every offset j - i in [-(n-1), n-1]."
-    t = torch.arange(-(n - 1), n, device=device)
-    nb, ret = num_buckets, torch.zeros_like(t)
-    if bidirectional: nb //= 2; ret = (t > 0).long() * nb; a = t.abs()
-    else: a = (-t).clamp_min(0)
-    exact = nb // 2
-    large = exact + (torch.log(a.float().clamp_min(1) / exact) / math.log(max_distance / exact) * (nb - exact)).long()
-    return ret + torch.where(a < exact, a, large.clamp_max(nb - 1))
+def t5_buckets(offset: Tensor | int, # integer offsets j - i (any shape), or n: every offset -(n-1)..n-1 in order
+               num_buckets: int = 32, # K, total buckets (split between the two signs when bidirectional)
+               max_distance: int = 128, # offsets beyond this share the last bucket of their sign
+               bidirectional: bool = True, # False: future offsets (j > i) share bucket 0
+               device=None, # torch device of the result when `offset` is an int
+              ) -> Tensor: # bucket per offset in [0, K) ([2n-1], entry t + n - 1, when offset = n)
+    "T5's relative-position buckets: exact for small |j - i|, log-spaced up to max_distance."
+    if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < (2 if bidirectional else 1):
+        raise ValueError(f"num_buckets must be an int >= {2 if bidirectional else 1}, got {num_buckets!r}")
+    if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
+        raise ValueError(f"max_distance must be a positive int, got {max_distance!r}")
+    if isinstance(offset, int) and not isinstance(offset, bool):
+        if offset < 1: raise ValueError(f"offset as a length n must be >= 1, got {offset}")
+        offset = torch.arange(-(offset - 1), offset, device=device)
+    elif not isinstance(offset, Tensor) or offset.is_floating_point() or offset.is_complex() or offset.dtype == torch.bool:
+        raise TypeError(f"offset must be an integer tensor or an int n, got {getattr(offset, 'dtype', type(offset).__name__)}")
+    nb, ret = num_buckets, torch.zeros_like(offset)
+    if bidirectional: nb //= 2; ret = (offset > 0).long() * nb; a = offset.abs()
+    else: a = (-offset).clamp_min(0)
+    exact = max(nb // 2, 1)                                    # T5's max_exact = K/4 (bidirectional)
+    ratio = torch.log(a.float().clamp_min(1) / exact) / math.log(max(max_distance / exact, 1 + 1e-6))
+    large = (exact + (ratio * (nb - exact)).long()).clamp(0, nb - 1)
+    return ret + torch.where(a < exact, a, large)
 
 # %% ../nbs/02a_structured_rpe.ipynb #51006953
 def bucket_changes(buckets: Tensor, # [2n-1] bucket ids

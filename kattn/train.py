@@ -6,12 +6,13 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
-           'set_rng_state', 'Trainer', 'train_step', 'evaluate', 'fit', 'CopyTask', 'markov_tokens', 'lm_loss',
-           'mlm_loss', 'classification_loss', 'lm_perplexity', 'translation_loss', 'translation_perplexity',
-           'translate', 'main', 'fit_in_processes']
+           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'Trainer', 'train_step', 'evaluate', 'fit',
+           'CopyTask', 'markov_tokens', 'lm_loss', 'mlm_loss', 'classification_loss', 'lm_perplexity',
+           'pair_classification_loss', 'translation_loss', 'translation_perplexity', 'translate', 'main',
+           'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
-import copy, json, math, os, random, sys, time
+import copy, hashlib, io, json, math, os, random, sys, time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -106,6 +107,49 @@ def set_rng_state(s: dict):
     torch.set_rng_state(s["torch"]); random.setstate(s["python"]); np.random.set_state(s["numpy"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+# %% ../nbs/09_train.ipynb #7dfffea8
+_CKPT_MAGIC = b"kattn-checkpoint 1 "
+
+def save_checkpoint(state: dict, path):
+    "Write `state` to `path` atomically: header with the SHA-256 and length of the `torch.save` bytes, temporary file, fsync, rename."
+    path = Path(path); tmp = path.with_suffix(".tmp")
+    buf = io.BytesIO(); torch.save(state, buf); data = buf.getvalue()
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_CKPT_MAGIC + f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode()); f.write(data)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def load_checkpoint(path, map_location=None) -> dict:
+    "Read a checkpoint written by `save_checkpoint` after checking its length and SHA-256; ValueError naming the file otherwise."
+    p = Path(path); b = p.read_bytes(); fix = "delete it (or set resume=False) to start afresh"
+    if not b: raise ValueError(f"{p}: empty checkpoint file (0 bytes); {fix}")
+    if b.startswith(_CKPT_MAGIC):
+        end = b.find(b"\n", 0, 200)
+        try: h, n = b[len(_CKPT_MAGIC):end].decode().split(); n = int(n)
+        except ValueError: raise ValueError(f"{p}: truncated or damaged checkpoint header; {fix}") from None
+        data = b[end + 1:]
+        if len(data) < n: raise ValueError(f"{p}: truncated checkpoint: {len(data):,} bytes of data, its header says {n:,}; {fix}")
+        if len(data) > n: raise ValueError(f"{p}: {len(data) - n:,} bytes after the end of the checkpoint data ({n:,} bytes per its header); {fix}")
+        if hashlib.sha256(data).hexdigest() != h: raise ValueError(f"{p}: SHA-256 of the checkpoint data differs from its header (corrupted); {fix}")
+    else: data = b                                      # a plain torch.save file (written before checksums): no check possible
+    try: return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as e: raise ValueError(f"{p}: unreadable checkpoint ({type(e).__name__}: {e}); {fix}") from e
+
+def _trim_metrics(path: Path, step: int):
+    "Keep the records of `path` (JSONL) with step <= `step`; drops what an interrupted run logged after its last checkpoint."
+    if not path.is_file(): return
+    lines = path.read_text().splitlines(keepends=True)
+    def keep(l):
+        try: return json.loads(l)["step"] <= step
+        except (ValueError, KeyError, TypeError): return False      # a half-written last line
+    kept = [l for l in lines if keep(l)]
+    if len(kept) == len(lines): return
+    tmp = path.with_suffix(".tmp")
+    try: tmp.write_text("".join(kept)); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
 # %% ../nbs/09_train.ipynb #85890bb2
 def _default_loss(model, batch):
     if isinstance(batch, dict): return model(**batch)
@@ -160,11 +204,11 @@ class Trainer:
         "Atomic checkpoint (rank 0 only)."
         if self.rank != 0: return
         path = Path(path or self.out / "checkpoint.pt"); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp"); torch.save(self.state_dict(), tmp); os.replace(tmp, path)
+        save_checkpoint(self.state_dict(), path)
 
     def load(self, path):
         "Restore everything `save` wrote; training continues exactly where it stopped."
-        s = torch.load(path, map_location=self.device, weights_only=False)
+        s = load_checkpoint(path, map_location=self.device)
         self.module.load_state_dict(s["model"]); self.opt.load_state_dict(s["opt"]); self.sched.load_state_dict(s["sched"])
         self.step, self.epoch, self.micro, self.history = s["step"], s["epoch"], s["micro"], s["history"]
         set_rng_state(s["rng"])
@@ -227,7 +271,9 @@ def fit(self) -> list: # per-step records (loss, lr, grad_norm, ...)
     cfg = self.cfg
     if self.step == 0:
         seed_everything(cfg.seed)
+        if self.out is not None and self.rank == 0: (self.out / "checkpoint.tmp").unlink(missing_ok=True)   # left by a killed run
         if self.out is not None and cfg.resume and (self.out / "checkpoint.pt").exists(): self.load(self.out / "checkpoint.pt")
+        if self.out is not None and self.rank == 0: _trim_metrics(self.out / "metrics.jsonl", self.step)
     batches, t0, ntok = _batches(self), time.perf_counter(), 0
     quiet = not cfg.progress or self.rank != 0 or os.environ.get("TQDM_DISABLE", "") not in ("", "0")   # kattn run sets TQDM_DISABLE
     bar = tqdm(total=cfg.max_steps, initial=self.step, disable=quiet, desc="train")
@@ -301,6 +347,12 @@ def lm_perplexity(model: nn.Module, # causal LM: ids [B, n] -> logits [B, n, V]
         count += b[:, 1:].numel()
     model.train(was)
     return math.exp(total / count)
+
+# %% ../nbs/09_train.ipynb #75874df8
+def pair_classification_loss(model, batch) -> Tensor:
+    "Cross-entropy of a dual encoder (e.g. `kattn.models.DualEncoderClassifier`) on `collate_labeled_pairs` batches."
+    return F.cross_entropy(model(batch["ids1"], batch["ids2"], batch.get("key_padding_mask1"),
+                                 batch.get("key_padding_mask2")).float(), batch["labels"])
 
 # %% ../nbs/09_train.ipynb #fbdb4991
 def translation_loss(model, batch, label_smoothing: float = 0.1) -> Tensor:

@@ -153,3 +153,155 @@ def test_prose_splits(name):
     except DataMissingError: pytest.skip(f"stand-in {name} not in {data_dir()}: run `kattn data fetch {name}`")
     for s in ("train", "valid", "test"):
         assert len(F.read_prose(name, s).split()) == SIZES[name][s]["words"]
+
+
+# ---- damaged caches: detected, named, restored (a toy stand-in in a temporary cache; never downloads) ----------------
+
+TOY = {"pkg/a_gut.txt": b"one two three\n" * 40, "pkg/b_gut.txt": b"four five six\n" * 40}
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    "A registered stand-in `toy` (prose) whose 'download' hands back TOY; the cache is tmp_path/cache."
+    spec = dict(pypi="toy==0", files=r"_gut\.txt$", build=lambda files, out: F._prose(
+        {k[4:-8]: v.decode().splitlines() for k, v in sorted(files.items())}, out, "toy"), dirs=("toy",),
+        digest=F.digest(TOY), licence="test", about="toy prose")
+    monkeypatch.setitem(F.STANDINS, "toy", spec)
+    calls = []
+    def fake_download(spec_, dest, kind="wheel"):
+        calls.append(spec_); p = dest / "toy-0.zip"
+        import zipfile
+        with zipfile.ZipFile(p, "w") as z:
+            for k, v in TOY.items(): z.writestr(k, v)
+        return p
+    monkeypatch.setattr(F, "download_pypi", fake_download)
+    root = tmp_path / "cache"
+    F.fetch("toy", root)
+    calls.clear()
+    return root, calls
+
+
+def _cli(argv, capsys):
+    rc = F.cli_main(argv); out = capsys.readouterr(); return rc, out.out + out.err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "byte", "delete"])
+def test_fetch_restores_damaged_file(toy, capsys, damage):
+    root, calls = toy
+    f = root / "toy" / "valid.txt"; good = f.read_bytes()
+    if damage == "truncate": f.write_bytes(good[: len(good) // 2])
+    elif damage == "empty": f.write_bytes(b"")
+    elif damage == "byte": f.write_bytes(good[:5] + bytes([good[5] ^ 1]) + good[6:])
+    else: f.unlink()
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 0 and "toy: restored valid.txt" in out, out
+    if damage == "delete": assert "(was missing)" in out
+    assert calls and f.read_bytes() == good                 # rebuilt from the (fake) package
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 0 and "toy: ok" in out and "restored" not in out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "byte"])
+def test_read_prose_rejects_damaged_file(toy, damage):
+    root, _ = toy
+    f = root / "toy" / "train.txt"; good = f.read_bytes()
+    assert F.read_prose("toy", "train", root) == good.decode()
+    f.write_bytes({"truncate": good[:-7], "empty": b"", "byte": good[:3] + b"X" + good[4:]}[damage])
+    with pytest.raises(ValueError, match=r"train\.txt") as e: F.read_prose("toy", "train", root)
+    assert "kattn data fetch toy" in str(e.value)
+
+
+def test_read_prose_rejects_empty_file_without_manifest(tmp_path):
+    (tmp_path / "austen").mkdir(); (tmp_path / "austen" / "train.txt").write_text("")
+    with pytest.raises(ValueError, match=r"train\.txt.*empty"): F.read_prose("austen", "train", tmp_path)
+
+
+def test_verify_command(toy, capsys):
+    root, calls = toy
+    rc, out = _cli(["verify", "toy", "--root", str(root)], capsys)
+    assert rc == 0 and "toy: ok" in out
+    f = root / "toy" / "documents" / "a.txt"; b = f.read_bytes(); f.write_bytes(b[:-2] + b"?\n")   # same size
+    rc, out = _cli(["verify", "toy", "--root", str(root)], capsys)
+    assert rc == 1 and "documents/a.txt" in out and "SHA-256" in out and not calls   # verify never rebuilds
+
+
+def test_corrupt_manifest_is_named_and_repaired(toy, capsys):
+    root, calls = toy
+    (root / "toy" / "MANIFEST.json").write_text('{"name": "toy", "fil')
+    rc, out = _cli(["list", "--root", str(root)], capsys)
+    assert rc == 0 and "MANIFEST.json" in out and "enwiki-106" in out       # the listing goes on past it
+    with pytest.raises(ValueError, match="MANIFEST.json"): F.manifest("toy", root)
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 0 and "toy: restored" in out and "MANIFEST.json" in out and calls
+    assert F.verify("toy", root)["name"] == "toy"
+
+
+def test_list_reports_damage_by_size(toy, capsys):
+    root, _ = toy
+    (root / "toy" / "test.txt").write_bytes(b"")
+    rc, out = _cli(["list", "--root", str(root)], capsys)
+    assert "toy" in out and "damaged" in out and "test.txt" in out
+
+
+def test_interrupted_fetch_leaves_nothing(toy, monkeypatch):
+    root, _ = toy
+    def boom(files, out): (out / "toy").mkdir(parents=True); (out / "toy" / "x").write_text("partial"); raise KeyboardInterrupt
+    monkeypatch.setitem(F.STANDINS["toy"], "build", boom)
+    with pytest.raises(KeyboardInterrupt): F.fetch("toy", root, force=True)
+    assert not list(root.glob(".fetch-*"))
+
+
+def test_stale_fetch_dirs_removed(toy):
+    root, _ = toy
+    import os
+    dead, old, live = root / ".fetch-toy-p999999999-abc", root / ".fetch-web-bible-x1y2", root / f".fetch-toy-p{os.getppid()}-z"
+    for d in (dead, old, live): (d / "out").mkdir(parents=True); (d / "out" / "junk").write_text("x")
+    os.utime(old, (1e9, 1e9))                                # no pid in the name: removed once it is old
+    F.fetch("toy", root)
+    assert not dead.exists() and not old.exists() and live.exists()   # a running fetch's folder stays
+
+
+def test_sigterm_during_fetch_leaves_nothing(tmp_path):
+    import os, signal, subprocess, sys, time
+    script = f'''
+import time, zipfile
+from kattn.data import fetch as F
+TOY = {TOY!r}
+def slow(files, out): (out / "toy").mkdir(parents=True); (out / "toy" / "x").write_text("partial"); print("building", flush=True); time.sleep(60)
+F.STANDINS["toy"] = dict(pypi="toy==0", files=r"_gut\\.txt$", build=slow, dirs=("toy",), digest=F.digest(TOY), licence="t", about="t")
+def dl(spec, dest, kind="wheel"):
+    p = dest / "toy-0.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        for k, v in TOY.items(): z.writestr(k, v)
+    return p
+F.download_pypi = dl
+F.cli_main(["fetch", "toy", "--root", {str(tmp_path)!r}])
+'''
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.stdout.readline().strip() == "building"
+    assert list(tmp_path.glob(".fetch-toy-p*"))
+    p.send_signal(signal.SIGTERM); p.wait(timeout=60)
+    assert p.returncode != 0 and not list(tmp_path.glob(".fetch-*")) and not (tmp_path / "toy").exists()
+
+
+def test_manifest_without_sizes_still_checked_and_upgraded(toy, capsys):
+    import json
+    root, calls = toy
+    mf = root / "toy" / "MANIFEST.json"; m = json.loads(mf.read_text()); m.pop("bytes", None); mf.write_text(json.dumps(m))
+    f = root / "toy" / "train.txt"; good = f.read_bytes(); f.write_bytes(good[:-1] + b"?")      # same size
+    rc, out = _cli(["list", "--root", str(root)], capsys)
+    assert "damaged" in out and "toy/train.txt" in out
+    f.write_bytes(good)
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 0 and "toy: ok" in out and not calls
+    assert json.loads(mf.read_text())["bytes"]["toy/train.txt"] == len(good)    # sizes recorded once the hashes passed
+
+
+def test_failed_rebuild_names_the_damage(toy, capsys, monkeypatch):
+    root, _ = toy
+    (root / "toy" / "valid.txt").unlink()
+    def offline(*a, **k): raise RuntimeError("pip download failed: no network")
+    monkeypatch.setattr(F, "download_pypi", offline)
+    rc, out = _cli(["fetch", "toy", "--root", str(root)], capsys)
+    assert rc == 1 and "valid.txt (was missing)" in out and "no network" in out, out

@@ -79,3 +79,14 @@ def test_release_layout(tmp_path):
     assert [len(p) for p in parts] == [5, 2, 3]
     flat = sum(parts, [])
     assert flat == L.generate(10, seed=2, min_length=30, max_length=90) and len({s for s, _ in flat}) == 10
+
+
+@pytest.mark.parametrize("target", ["12", "2.7", "-1", "x", ""])
+def test_read_tsv_rejects_bad_targets(tmp_path, target):
+    p = tmp_path / "t.tsv"; p.write_text(f"Source\tTarget\n( [MAX 2 9 ] )\t9\n( [MIN 2 9 ] )\t{target}\n")
+    with pytest.raises(ValueError, match=r"t\.tsv.*(line 3|row 2).*0.*9"): L.read_tsv(p)
+
+
+def test_read_tsv_accepts_release_floats(tmp_path):
+    p = tmp_path / "t.tsv"; p.write_text("Source\tTarget\n( [MAX 2 9 ] )\t9.0\n( [MIN 2 9 ] )\t2\n")
+    assert L.read_tsv(p) == [("( [MAX 2 9 ] )", 9), ("( [MIN 2 9 ] )", 2)]

@@ -84,3 +84,12 @@ def test_workers_and_cache_do_not_change_data(tmp_path, hard32):
     assert (tmp_path / "pathfinder-gen" / "32-hard-s11-n6.npz").is_file()
     Xc2, _ = P.cached(6, 32, "hard", seed=11, root=tmp_path)
     np.testing.assert_array_equal(Xc, X[:6]); np.testing.assert_array_equal(Xc2, X[:6])
+
+
+def test_truncated_npy_metadata_names_file(tmp_path):
+    top = P.write_release(tmp_path, 3, 32, "hard", seed=4, per_folder=3)
+    rows = [ln.split() for f in sorted((top / "metadata").glob("*.npy")) for ln in f.read_text().splitlines()]
+    for f in (top / "metadata").glob("*.npy"): f.unlink()
+    np.save(top / "metadata" / "0.npy", np.array(rows))
+    f = top / "metadata" / "0.npy"; f.write_bytes(f.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=r"0\.npy"): P.read_release(top)

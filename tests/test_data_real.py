@@ -178,3 +178,29 @@ def test_idx(tmp_path):
     np.testing.assert_array_equal(I.read_idx(tmp_path / "train-images-idx3-ubyte.gz"), imgs)
     (tmp_path / "bad").write_bytes(struct.pack(">HBBI", 0, 0x0D, 1, 1) + b"\0\0\0\0")
     with pytest.raises(ValueError, match="not a uint8 IDX"): I.read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("cut", ["header", "dims", "gzip", "empty"])
+def test_idx_truncated_names_file(tmp_path, cut):
+    imgs = np.arange(2 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(2, 28, 28)
+    raw = struct.pack(">HBBIII", 0, 8, 3, 2, 28, 28) + imgs.tobytes()
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    f.write_bytes({"header": raw[:3], "dims": raw[:9], "gzip": gzip.compress(raw)[:-30], "empty": b""}[cut])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"): I.read_idx(f)
+
+
+@pytest.mark.parametrize("cut", ["empty", "half"])
+def test_load_pickle_damaged_names_file(tmp_path, cut):
+    f = tmp_path / "data_batch_1"
+    b = pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 3]})
+    f.write_bytes(b"" if cut == "empty" else b[: len(b) // 2])
+    with pytest.raises(ValueError, match="data_batch_1"): I.load_pickle(f)
+
+
+def test_text_readers_reject_empty_files(tmp_path):
+    (tmp_path / "wikitext-103").mkdir(); (tmp_path / "wikitext-103" / "wiki.valid.tokens").write_text("")
+    with pytest.raises(ValueError, match=r"wiki\.valid\.tokens.*empty"): R.read_wikitext(tmp_path, "valid")
+    (tmp_path / "glue_data" / "SST-2").mkdir(parents=True); (tmp_path / "glue_data" / "SST-2" / "dev.tsv").write_text("")
+    with pytest.raises(ValueError, match=r"dev\.tsv.*empty"): R.read_glue(tmp_path, "SST-2", "dev")
+    f = tmp_path / "aan.tsv"; f.write_text("")
+    with pytest.raises(ValueError, match=r"aan\.tsv.*empty"): R.read_aan(path=f)

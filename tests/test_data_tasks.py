@@ -74,3 +74,17 @@ def test_real_standin_tasks():
     assert sum(r[0] for r in p["train"]) == 200 and max(len(r[3].encode()) for r in p["train"]) <= 4000
     sc = T.source_chunks(docs, per_class=100)
     assert np.bincount(sc["train"][1]).tolist() == [100] * 4
+
+
+def test_documents_reject_damaged_files(tmp_path):
+    import hashlib, json
+    d = tmp_path / "austen" / "documents"; d.mkdir(parents=True)
+    text = b"It is a truth universally acknowledged.\n" * 20
+    (d / "emma.txt").write_bytes(text); (d / "persuasion.txt").write_bytes(text)
+    files = {f"austen/documents/{n}": hashlib.sha256(text).hexdigest() for n in ("emma.txt", "persuasion.txt")}
+    (tmp_path / "austen" / "MANIFEST.json").write_text(json.dumps({"name": "austen", "files": files, "bytes": {k: len(text) for k in files}}))
+    assert T.documents("austen", tmp_path)["austen:emma"] == text.decode()
+    (d / "emma.txt").write_bytes(text[:-9])
+    with pytest.raises(ValueError, match=r"emma\.txt.*kattn data fetch austen"): T.documents("austen", tmp_path)
+    (d / "emma.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"emma\.txt.*empty"): T.documents("austen", tmp_path)

@@ -317,3 +317,44 @@ def test_registry_layer_causal_rpe_and_recurrent_step(name):
         for t in range(x.shape[1]):
             y, state = mha.step(x[:, t:t + 1], state); steps.append(y)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-4)      # fixed draws at eval: decoding == full pass
+
+
+# The official code's feature sizes per LRA task (Text d=64, ListOps d=64, Retrieval d=32): (#features, #outputs).
+OFFICIAL_SIZES = {
+    "text": (64, {"gmm_rks": (32, 129), "gmm_prf": (256, 256), "fastfood_rks": (64, 129), "fastfood_prf": (64, 64),
+                  "generative_rks": (256, 513), "generative_prf": (127, 127)}),
+    "listops": (64, {"gmm_rks": (256, 1025), "gmm_prf": (256, 256), "fastfood_rks": (64, 129), "fastfood_prf": (64, 64),
+                     "generative_rks": (256, 513), "generative_prf": (127, 127)}),
+    "retrieval": (32, {"gmm_rks": (64, 257), "gmm_prf": (128, 128), "fastfood_rks": (32, 65), "fastfood_prf": (32, 32),
+                       "generative_rks": (128, 257), "generative_prf": (63, 63)}),
+}
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL_SIZES))
+def test_official_sizes_per_task(task):
+    from kattn.learned import FastFoodRandomFeatures, GenerativeRandomFeatures, GMMRandomFeatures
+    d, sizes = OFFICIAL_SIZES[task]
+    classes = {"gmm": GMMRandomFeatures, "fastfood": FastFoodRandomFeatures, "generative": GenerativeRandomFeatures}
+    for name, want in sizes.items():
+        family, kind = name.split("_")
+        fm = classes[family](d, kind=kind, task=task)
+        assert (fm.num_features, fm.num_outputs) == want, (task, name)
+        if family == "generative":
+            assert fm.noise_dims == ((32, 128, 256) if task == "text" else (d, 4 * d))
+    smoothing = {t: GMMRandomFeatures(OFFICIAL_SIZES[t][0], kind="rks", task=t).smoothing for t in OFFICIAL_SIZES}
+    assert smoothing == {"text": 0.36, "listops": 1.0, "retrieval": 1.0}
+
+
+def test_paper_configs_carry_the_task():
+    from kattn.models import SequenceClassifier, paper_configs
+    from kattn.learned import GMMRandomFeatures
+    cfgs = paper_configs()
+    for task in ("text", "listops", "retrieval"):
+        cfg = cfgs[f"chowdhury_lra_{task}"]
+        assert (cfg.attention, cfg.attention_options, cfg.layer_order) == ("gmm_rks", {"task": task}, "renorm")
+    small = cfgs["chowdhury_lra_listops"]
+    from dataclasses import replace
+    model = SequenceClassifier(replace(small, num_layers=1, d_model=128, num_heads=2, d_ff=64, max_len=65))
+    maps = [m for m in model.modules() if isinstance(m, GMMRandomFeatures)]
+    assert len(maps) == 1 and (maps[0].num_features, maps[0].smoothing, maps[0].task) == (256, 1.0, "listops")
+    assert [b.renorm for b in model.modules() if hasattr(b, "renorm")] == [True]

@@ -201,3 +201,8 @@ def test_init_schemes():
     assert w.abs().max().item() <= 0.04 and abs(w.std().item() - 0.0176) < 0.003   # N(0, .02^2) truncated at 2 sd
     assert CausalLM(LMConfig(**cfg, init="lra", proj_bias=True)).body.blocks[0].attn.q_proj.bias is not None
     with pytest.raises(ValueError, match="init must be one of"): CausalLM(LMConfig(**cfg, init="xavier"))
+
+
+@pytest.mark.parametrize("prob", [1.5, -0.1, float("nan")])
+def test_mask_tokens_rejects_bad_prob(prob):
+    with pytest.raises(ValueError, match=r"prob.*\[0, 1\]"): mask_tokens(torch.zeros(2, 5, dtype=torch.long), 1, 10, prob=prob)

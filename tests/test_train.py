@@ -125,3 +125,70 @@ def test_trainer_progress_bar_respects_tqdm_disable(capsys, monkeypatch):
     assert "3/3" in run()                                   # the bar is shown by default
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert run() == ""
+
+
+# ---- damaged checkpoints, temporaries, metrics after resume ----------------------------------------------------------
+
+def _ckpt(tmp_path):
+    _run(2, tmp_path, 0)
+    f = tmp_path / "checkpoint.pt"; assert f.is_file()
+    return f
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip32", "tail"])
+def test_damaged_checkpoint_is_named(tmp_path, damage):
+    f = _ckpt(tmp_path); b = f.read_bytes()
+    if damage == "truncate": f.write_bytes(b[: len(b) // 2])
+    elif damage == "empty": f.write_bytes(b"")
+    elif damage == "tail": f.write_bytes(b + b"\0" * 8)
+    else:                                                    # 32 flipped bytes inside a tensor's storage
+        i = b.index(b"data/0") + 200
+        f.write_bytes(b[:i] + bytes(x ^ 0xFF for x in b[i:i + 32]) + b[i + 32:])
+    with pytest.raises(ValueError, match="checkpoint.pt") as e: _run(4, tmp_path, 0)
+    msg = str(e.value)
+    assert {"truncate": "truncated", "empty": "empty", "flip32": "SHA-256", "tail": "bytes"}[damage] in msg, msg
+
+
+def test_checkpoint_roundtrip_has_checksum(tmp_path):
+    f = _ckpt(tmp_path)
+    from kattn.train import load_checkpoint
+    s = load_checkpoint(f)
+    assert s["step"] == 2 and "model" in s
+
+
+def test_interrupted_save_leaves_no_temporary(tmp_path, monkeypatch):
+    f = _ckpt(tmp_path); good = f.read_bytes()
+    real = torch.save
+    def dies(obj, fh, *a, **k): real(obj, fh, *a, **k); raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt): _run(3, tmp_path, 0)
+    monkeypatch.setattr(torch, "save", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"] and f.read_bytes() == good
+
+
+def test_stale_temporary_removed_on_start(tmp_path):
+    _ckpt(tmp_path)
+    (tmp_path / "checkpoint.tmp").write_bytes(b"half a checkpoint from a killed run")
+    def ev(m): raise RuntimeError("stop before any checkpoint is written")
+    cfg = TrainConfig(max_steps=4, batch_size=12, grad_accum=2, lr=3e-3, warmup_steps=3, log_every=1, eval_every=1,
+                      progress=False, out_dir=str(tmp_path), seed=3)
+    with pytest.raises(RuntimeError, match="stop before"): Trainer(tiny_lm(), cfg, CopyTask(30, k=8), loss_fn=lm_loss, eval_fn=ev).fit()
+    assert not (tmp_path / "checkpoint.tmp").exists()
+
+
+def test_metrics_have_no_duplicate_steps_after_resume(tmp_path):
+    N = 7
+    def run(steps, fail_at=None):
+        torch.manual_seed(0)
+        def ev(m):
+            if tr.step == fail_at: raise RuntimeError("crash after logging, before the next checkpoint")
+            return {"x": 1.0}
+        cfg = TrainConfig(max_steps=steps, batch_size=12, grad_accum=2, lr=3e-3, warmup_steps=3, log_every=1, eval_every=1,
+                          ckpt_every=2, progress=False, out_dir=str(tmp_path), seed=3)
+        tr = Trainer(tiny_lm("performer", redraw_interval=2), cfg, CopyTask(30, k=8), loss_fn=lm_loss, eval_fn=ev)
+        return tr.fit()
+    with pytest.raises(RuntimeError, match="crash"): run(N, fail_at=5)      # checkpoint at 4, metrics up to 5
+    run(N)
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [l["step"] for l in lines if "loss" in l] == list(range(1, N + 1))
+    assert [l["step"] for l in lines if "eval/x" in l] == list(range(1, N + 1))

@@ -6,7 +6,8 @@ Docs: https://kattn.github.io/kattn/data_batching.html.md"""
 
 # %% auto #0
 __all__ = ['pad_batch', 'SequenceDataset', 'collate_classification', 'PairDataset', 'collate_pairs', 'lm_blocks', 'BlockDataset',
-           'bucket_batches', 'BucketBatchSampler', 'BucketedPairs', 'collate_buckets', 'split_indices', 'hash_split']
+           'LabeledPairDataset', 'collate_labeled_pairs', 'bucket_batches', 'BucketBatchSampler', 'BucketedPairs',
+           'collate_buckets', 'split_indices', 'hash_split']
 
 # %% ../../nbs/08e_data_batching.ipynb #f6c619bf
 import hashlib
@@ -82,6 +83,23 @@ class BlockDataset(Dataset):
         self.blocks = blocks
     def __len__(self): return len(self.blocks["ids"])
     def __getitem__(self, i): return {k: v[i] for k, v in self.blocks.items()}
+
+# %% ../../nbs/08e_data_batching.ipynb #e9ebcd54
+class LabeledPairDataset(Dataset):
+    "Two token sequences and one label per example (a dual-encoder classifier's data)."
+    def __init__(self, first, second, labels):
+        if not len(first) == len(second) == len(labels):
+            raise ValueError(f"first, second and labels differ in length: {len(first)}, {len(second)}, {len(labels)}")
+        self.first, self.second, self.labels = first, second, labels
+    def __len__(self): return len(self.labels)
+    def __getitem__(self, i):
+        as_ids = lambda s: torch.as_tensor(s, dtype=torch.long).reshape(-1)
+        return as_ids(self.first[i]), as_ids(self.second[i]), torch.as_tensor(self.labels[i])
+
+def collate_labeled_pairs(items, pad_id: int = 0) -> dict:
+    "Batch (ids1, ids2, label) items: {'ids1', 'key_padding_mask1', 'ids2', 'key_padding_mask2', 'labels'}."
+    a, am = pad_batch([x for x, _, _ in items], pad_id); b, bm = pad_batch([y for _, y, _ in items], pad_id)
+    return {"ids1": a, "key_padding_mask1": am, "ids2": b, "key_padding_mask2": bm, "labels": torch.stack([z for _, _, z in items])}
 
 # %% ../../nbs/08e_data_batching.ipynb #dc95287b
 def bucket_batches(lengths, # length of every example

@@ -6,22 +6,25 @@ Docs: https://kattn.github.io/kattn/data_fetch.html.md"""
 
 # %% auto #0
 __all__ = ['STANDINS', 'digest', 'download_pypi', 'download_deb', 'package_files', 'build_enwiki', 'build_austen',
-           'build_shakespeare', 'build_web', 'build_fashion', 'build_rt', 'build_ding', 'manifest', 'fetch', 'verify',
-           'read_prose', 'read_fashion_mnist', 'cli_main']
+           'build_shakespeare', 'build_web', 'build_fashion', 'build_rt', 'build_ding', 'manifest', 'check', 'verify',
+           'fetch', 'read_checked', 'read_prose', 'read_fashion_mnist', 'cli_main']
 
 # %% ../../nbs/08i_data_fetch.ipynb #0d494574
 import bz2
 import csv
+from contextlib import contextmanager
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -202,23 +205,92 @@ def manifest(name: str, root=None) -> dict:
     if name not in STANDINS: raise ValueError(f"unknown stand-in {name!r}; known: {', '.join(STANDINS)}")
     f = Path(root or data_dir()) / STANDINS[name]["dirs"][0] / "MANIFEST.json"
     if not f.is_file(): raise DataMissingError(f, _hint(name))
-    return json.loads(f.read_text())
+    try: m = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{f}: unreadable manifest ({e}); {_hint(name)} to rebuild it") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+        raise ValueError(f"{f}: not a stand-in manifest (no 'files' table); {_hint(name)} to rebuild it")
+    return m
+
+# %% ../../nbs/08i_data_fetch.ipynb #84bba6b5
+def _sha(f: Path) -> str:
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for b in iter(lambda: fh.read(1 << 20), b""): h.update(b)
+    return h.hexdigest()
+
+_EMPTY = hashlib.sha256(b"").hexdigest()   # a split can be legitimately empty (tiny test corpora); the manifest says so
+
+def check(name: str, # a key of STANDINS
+          root=None, # cache folder (default: kattn.config data_dir)
+          full: bool = True, # re-hash every file (else compare sizes, hashing only files whose size the manifest lacks)
+         ) -> list: # [(path relative to root, what is wrong)]; [] when intact
+    "Compare a fetched stand-in's files with its MANIFEST.json: missing, empty, wrong size, wrong SHA-256."
+    m, root = manifest(name, root), Path(root or data_dir()).expanduser()
+    sizes, bad = m.get("bytes", {}), []
+    for rel, h in m["files"].items():
+        f = root / rel
+        if not f.is_file(): bad.append((rel, "was missing")); continue
+        n = f.stat().st_size
+        if rel in sizes and n != sizes[rel]: bad.append((rel, f"was {n:,} bytes, manifest says {sizes[rel]:,}"))
+        elif n == 0 and h != _EMPTY: bad.append((rel, "was empty"))
+        elif (full or rel not in sizes) and _sha(f) != h: bad.append((rel, "SHA-256 differed from the manifest"))
+    return bad
+
+def verify(name: str, root=None) -> dict:
+    "Re-hash every file of a fetched stand-in against its manifest; ValueError naming each damaged file."
+    m, root = manifest(name, root), Path(root or data_dir()).expanduser()
+    bad = check(name, root)
+    if bad: raise ValueError(f"{name} is damaged in {root}: " + "; ".join(f"{root / r} {w}" for r, w in bad)
+                             + f"; {_hint(name)} to restore it")
+    return m
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _clean_stale(root: Path, max_age_s: float = 3600.0) -> list:
+    "Remove `.fetch-*` folders left by killed fetches: their process is gone (or, without a pid in the name, they are old)."
+    gone = []
+    for d in root.glob(".fetch-*"):
+        mo = re.search(r"-p(\d+)-[^-]*$", d.name)
+        try: stale = not _alive(int(mo.group(1))) if mo else time.time() - d.stat().st_mtime > max_age_s
+        except (OSError, ValueError): continue
+        if stale and d.is_dir(): shutil.rmtree(d, ignore_errors=True); gone.append(d.name)
+    return gone
+
 
 # %% ../../nbs/08i_data_fetch.ipynb #9961336b
 def fetch(name: str, # a key of STANDINS
           root=None, # cache folder (default: kattn.config data_dir)
           force: bool = False, # rebuild even when present
           files: dict = None, # the package files, if already at hand (tests); skips the download
-         ) -> dict: # the manifest
-    "Download, verify, convert and store one stand-in."
+         ) -> dict: # the manifest, plus "restored": ["file (what was wrong)", ...] when a damaged cache was rebuilt
+    "Check the cached stand-in against its manifest (sizes and SHA-256); download, verify, convert and store it when absent or damaged."
     if name not in STANDINS: raise ValueError(f"unknown stand-in {name!r}; known: {', '.join(STANDINS)}")
     spec, root = STANDINS[name], Path(root or data_dir()).expanduser()
-    if not force:
-        try: return manifest(name, root)
-        except DataMissingError: pass
-    t0 = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-") as tmp:
+    _clean_stale(root)
+    mf, restored = root / spec["dirs"][0] / "MANIFEST.json", []
+    if not force:
+        try:
+            restored = check(name, root)
+            if not restored: return {**_add_bytes(manifest(name, root), root, mf), "restored": []}
+        except DataMissingError:
+            if any((root / d).exists() for d in spec["dirs"]): restored = [(str(mf.relative_to(root)), "was missing")]
+        except ValueError: restored = [(str(mf.relative_to(root)), "was unreadable")]
+    shown = lambda r: r[len(spec["dirs"][0]) + 1:] if r.startswith(spec["dirs"][0] + "/") else r
+    found = [f"{shown(r)} ({w})" for r, w in restored]
+    try: return {**_build(name, spec, root, mf, files), "restored": found}
+    except Exception as e:
+        if found: raise RuntimeError(f"found {', '.join(found)}; rebuilding failed: {e}") from e
+        raise
+
+def _build(name, spec, root, mf, files) -> dict:
+    "Download (unless `files` are given), check the digest, build in a temporary folder, move into place, write the manifest."
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-p{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         if files is None:
             (tmp / "dl").mkdir()
@@ -230,40 +302,68 @@ def fetch(name: str, # a key of STANDINS
         sizes = spec["build"](files, tmp / "out")
         written = {str(p.relative_to(tmp / "out")): hashlib.sha256(p.read_bytes()).hexdigest()
                    for p in sorted((tmp / "out").rglob("*")) if p.is_file()}
+        nbytes = {r: (tmp / "out" / r).stat().st_size for r in written}
+        mf.unlink(missing_ok=True)              # no manifest while the folders are swapped: an interrupted swap reads as absent
         for d in spec["dirs"]:
             if (root / d).exists(): shutil.rmtree(root / d)
             shutil.move(str(tmp / "out" / d), str(root / d))
     m = {"name": name, "about": spec["about"], "licence": spec["licence"],
          "source": spec.get("pypi") or "debian:{}={}".format(*spec["deb"]), "digest": got, "files": written,
-         "sizes": sizes, "seconds": round(time.perf_counter() - t0, 1)}
-    (root / spec["dirs"][0] / "MANIFEST.json").write_text(json.dumps(m, indent=1))
+         "bytes": nbytes, "sizes": sizes, "seconds": round(time.perf_counter() - t0, 1)}
+    _write_manifest(mf, m)
     return m
 
-def verify(name: str, root=None) -> dict:
-    "Re-hash every file of a fetched stand-in against its manifest; ValueError on a mismatch."
-    m, root = manifest(name, root), Path(root or data_dir())
-    for rel, h in m["files"].items():
-        f = root / rel
-        if not f.is_file(): raise DataMissingError(f, _hint(name))
-        if hashlib.sha256(f.read_bytes()).hexdigest() != h: raise ValueError(f"{f}: SHA-256 differs from {name}'s MANIFEST.json; {_hint(name)} --force")
+def _write_manifest(mf: Path, m: dict):
+    "Write MANIFEST.json atomically (temporary file, then rename)."
+    tmp = mf.with_name(f".MANIFEST.json.{os.getpid()}")
+    try: tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, mf)
+    finally: tmp.unlink(missing_ok=True)
+
+def _add_bytes(m: dict, root: Path, mf: Path) -> dict:
+    "Manifests written before sizes were recorded get them, once their files have passed the SHA-256 check."
+    if "bytes" not in m:
+        m = {**m, "bytes": {r: (root / r).stat().st_size for r in m["files"]}}
+        try: _write_manifest(mf, m)
+        except OSError: pass                    # a read-only cache still works; sizes are then taken from SHA-256 checks
     return m
 
 # %% ../../nbs/08i_data_fetch.ipynb #cf5e9a02
+def read_checked(f: Path, # a file of a stand-in in the cache
+                 name: str, # the stand-in (its MANIFEST.json, when there is one, is checked)
+                 root: Path, # the cache folder
+                ) -> bytes:
+    "The bytes of a cached file; ValueError naming it when it is empty or differs from its stand-in's manifest."
+    f, root = Path(f), Path(root)
+    if not f.is_file(): raise DataMissingError(f, _hint(name))
+    b, m = f.read_bytes(), None
+    if name in STANDINS:
+        try: m = manifest(name, root)
+        except DataMissingError: pass                   # files placed by hand: nothing to compare with
+    rel = f.relative_to(root).as_posix()
+    if not b and (m is None or m["files"].get(rel) != _EMPTY): raise ValueError(f"{f}: empty file; {_hint(name)} to restore it")
+    if m is not None:
+        if rel in m["files"]:
+            n = m.get("bytes", {}).get(rel)
+            if n is not None and len(b) != n: raise ValueError(f"{f}: {len(b):,} bytes, its MANIFEST.json says {n:,} (truncated or changed); {_hint(name)} to restore it")
+            if hashlib.sha256(b).hexdigest() != m["files"][rel]: raise ValueError(f"{f}: SHA-256 differs from its MANIFEST.json (changed); {_hint(name)} to restore it")
+    return b
+
 def read_prose(name: str, split: str = "train", root=None) -> str:
     "Text of a prose stand-in split (austen, shakespeare, web-bible)."
     if split not in ("train", "valid", "test"): raise ValueError(f"split must be train|valid|test, got {split!r}")
-    f = Path(root or data_dir()) / name / f"{split}.txt"
-    if not f.is_file(): raise DataMissingError(f, _hint(name))
-    return f.read_text(encoding="utf-8")
+    root = Path(root or data_dir()).expanduser(); f = root / name / f"{split}.txt"
+    b = read_checked(f, name, root)
+    try: return b.decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"{f}: not UTF-8 text ({e}); {_hint(name)} to restore it") from None
 
 def read_fashion_mnist(split: str = "train", root=None) -> tuple:
     "Fashion-MNIST images [N, 28, 28] uint8 and labels [N] int64."
     from kattn.data.images import read_idx
     pre = {"train": "train", "test": "t10k"}[split]
-    d = Path(root or data_dir()) / "fashion-mnist"
-    for k in ("images-idx3", "labels-idx1"):
-        if not (d / f"{pre}-{k}-ubyte.gz").is_file(): raise DataMissingError(d / f"{pre}-{k}-ubyte.gz", _hint("fashion-mnist"))
-    return read_idx(d / f"{pre}-images-idx3-ubyte.gz"), read_idx(d / f"{pre}-labels-idx1-ubyte.gz").astype(np.int64)
+    root = Path(root or data_dir()).expanduser(); d = root / "fashion-mnist"
+    x, y = (read_idx(d / f"{pre}-{k}-ubyte.gz", data=read_checked(d / f"{pre}-{k}-ubyte.gz", "fashion-mnist", root))
+            for k in ("images-idx3", "labels-idx1"))
+    return x, y.astype(np.int64)
 
 # %% ../../nbs/08i_data_fetch.ipynb #5f2aeed0
 def _summary(m):
@@ -273,7 +373,7 @@ def _summary(m):
     return "; ".join(parts)
 
 def cli_main(argv: list) -> int:
-    "`kattn data list` | `kattn data fetch NAME|all [--force] [--root DIR]`; returns the exit status."
+    "`kattn data list` | `kattn data fetch NAME|all [--force] [--root DIR]` | `kattn data verify [NAME ...]`; returns the exit status."
     import argparse
     p = argparse.ArgumentParser(prog="kattn data", description="offline stand-in datasets in the kattn data cache")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -281,25 +381,49 @@ def cli_main(argv: list) -> int:
     f = sub.add_parser("fetch", help="download, verify and convert stand-ins into the cache")
     f.add_argument("names", nargs="+", help=f"'all' or any of: {', '.join(STANDINS)}")
     f.add_argument("--force", action="store_true"); f.add_argument("--root")
+    v = sub.add_parser("verify", help="re-hash the cached stand-ins against their manifests (no download, no repair)")
+    v.add_argument("names", nargs="*", help="stand-ins to check (default: every one in the cache)"); v.add_argument("--root")
     try: a = p.parse_args(argv)
     except SystemExit as e: return int(e.code or 0)
     root = Path(a.root).expanduser() if a.root else data_dir()
     if a.cmd == "list":
         print(f"data cache: {root}")
         for n, s in STANDINS.items():
-            try: m = manifest(n, root); st = f"present  {_summary(m)}"
+            try:
+                m, bad = manifest(n, root), check(n, root, full=False)
+                st = f"present  {_summary(m)}" if not bad else \
+                     f"damaged  ({'; '.join(f'{r} {w}' for r, w in bad)}: kattn data fetch {n})"
             except DataMissingError: st = "missing  (kattn data fetch " + n + ")"
+            except ValueError as e: st = f"damaged  ({e})"
             print(f"{n:14s} {st}\n{'':14s} {s['about']}; licence: {s['licence']}")
         return 0
+    if a.cmd == "verify" and not a.names:
+        a.names = [n for n in STANDINS if (root / STANDINS[n]["dirs"][0] / "MANIFEST.json").exists()]
+        if not a.names: print(f"kattn data verify: no stand-in in {root}", file=sys.stderr); return 1
     names = list(STANDINS) if a.names == ["all"] else a.names
     bad = [n for n in names if n not in STANDINS]
-    if bad: print(f"kattn data fetch: unknown stand-in(s) {bad}; known: {', '.join(STANDINS)}", file=sys.stderr); return 2
+    if bad: print(f"kattn data {a.cmd}: unknown stand-in(s) {bad}; known: {', '.join(STANDINS)}", file=sys.stderr); return 2
     failed, t0 = [], time.perf_counter()
-    for n in names:
-        try:
-            m = fetch(n, root, force=a.force)
-            print(f"{n}: ok ({m['seconds']} s when built)  {_summary(m)}", flush=True)
-        except Exception as e:
-            failed.append(n); print(f"{n}: FAILED: {e}", file=sys.stderr, flush=True)
-    print(f"fetched {len(names) - len(failed)}/{len(names)} into {root} in {time.perf_counter() - t0:.1f} s")
+    with _sigterm_as_interrupt():               # a terminated fetch cleans up its temporary folder like Ctrl-C does
+        for n in names:
+            try:
+                if a.cmd == "verify": verify(n, root); print(f"{n}: ok (every file matches MANIFEST.json)", flush=True); continue
+                m = fetch(n, root, force=a.force)
+                what = f"restored {', '.join(m['restored'])}" if m["restored"] else f"ok ({m['seconds']} s when built)"
+                print(f"{n}: {what}  {_summary(m)}", flush=True)
+            except Exception as e:
+                failed.append(n); print(f"{n}: FAILED: {e}", file=sys.stderr, flush=True)
+    done = "verified" if a.cmd == "verify" else "fetched"
+    print(f"{done} {len(names) - len(failed)}/{len(names)} in {root} in {time.perf_counter() - t0:.1f} s")
     return 1 if failed else 0
+
+class _Terminated(KeyboardInterrupt):
+    "SIGTERM, raised as an interrupt so that cleanup runs as it does for Ctrl-C."
+
+@contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def on_term(signum, frame): raise _Terminated("terminated by SIGTERM")
+    old = signal.signal(signal.SIGTERM, on_term)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)

@@ -13,6 +13,7 @@ import gzip
 import io
 import pickle
 import struct
+import zlib
 from pathlib import Path
 import numpy as np
 import torch
@@ -32,7 +33,14 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def load_pickle(path) -> dict:
     "A CIFAR-style pickle (Python 2 or 3) as a dict with str keys."
-    with open(path, "rb") as f: d = _SafeUnpickler(f, encoding="bytes").load()
+    with open(require(path, "see the dataset's download page"), "rb") as f:
+        try: d = _SafeUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as e:
+            if str(e).startswith("refusing"): raise
+            raise ValueError(f"{path}: damaged pickle ({e}); truncated file?") from None
+        except (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: damaged or empty pickle ({type(e).__name__}: {e}); truncated file?") from None
+    if not isinstance(d, dict): raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 def _images(data, side):
@@ -114,13 +122,19 @@ def read_imagenet32_batches(folder, split: str = "train") -> tuple:
     return np.concatenate([_images(d["data"], 32) for d in ds]), np.concatenate([np.asarray(d["labels"], np.int64) - 1 for d in ds])
 
 # %% ../../nbs/08g_data_images.ipynb #23b7e49b
-def read_idx(path) -> np.ndarray:
+def read_idx(path, # an IDX file, optionally gzipped
+             data: bytes | None = None, # its bytes, when already read (skips reading `path`, which then only names it)
+            ) -> np.ndarray:
     "An IDX file (optionally gzipped): magic 0x00000803 images / 0x00000801 labels, big-endian dims, uint8."
-    raw = Path(require(path, "run `kattn data fetch fashion-mnist`")).read_bytes()
-    if raw[:2] == b"\x1f\x8b": raw = gzip.decompress(raw)
+    raw = Path(require(path, "run `kattn data fetch fashion-mnist`")).read_bytes() if data is None else data
+    if raw[:2] == b"\x1f\x8b":
+        try: raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e: raise ValueError(f"{path}: damaged gzip stream ({e}); truncated file?") from None
+    if len(raw) < 4: raise ValueError(f"{path}: {len(raw)} bytes, shorter than the 4-byte IDX magic (empty or truncated file)")
     zero, dtype, nd = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != 0x08: raise ValueError(f"{path}: not a uint8 IDX file (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * nd: raise ValueError(f"{path}: {len(raw)} bytes, shorter than the header of {nd} dimensions (truncated file)")
     dims = struct.unpack(f">{nd}I", raw[4:4 + 4 * nd])
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
-    if data.size != int(np.prod(dims)): raise ValueError(f"{path}: {data.size} bytes for dims {dims}")
+    if data.size != int(np.prod(dims)): raise ValueError(f"{path}: {data.size} bytes for dims {dims} (truncated or damaged file)")
     return data.reshape(dims)

@@ -120,7 +120,14 @@ def read_tsv(path) -> list:
     with open(p, newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows or rows[0] != ["Source", "Target"]: raise ValueError(f"{p}: expected the header Source<TAB>Target")
-    return [(s, int(float(t))) for s, t in rows[1:]]
+    out = []
+    for i, r in enumerate(rows[1:], 2):
+        try: t = float(r[1]) if len(r) == 2 else None
+        except ValueError: t = None
+        if t is None or t != int(t) or not 0 <= t <= 9:
+            raise ValueError(f"{p}: line {i}: expected Source<TAB>Target with an integer target 0..9 (ListOps values are digits), got {r!r}")
+        out.append((r[0], int(t)))
+    return out
 
 # %% ../../nbs/08a_data_listops.ipynb #7977b277
 def write_release(root, # folder that will hold listops-1000/

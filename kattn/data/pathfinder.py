@@ -277,7 +277,8 @@ def _metadata_rows(f: Path):
     raw = f.read_bytes()
     if raw.startswith(b"\x93NUMPY"):
         import io
-        return [[str(c) for c in row] for row in np.load(io.BytesIO(raw), allow_pickle=False)]
+        try: return [[str(c) for c in row] for row in np.load(io.BytesIO(raw), allow_pickle=False)]
+        except (ValueError, EOFError, OSError) as e: raise ValueError(f"{f}: damaged .npy metadata ({e}); truncated file?") from None
     return [ln.split() for ln in raw.decode().splitlines() if ln.strip()]
 
 def read_release(folder, # e.g. lra_release/pathfinder32/curv_contour_length_14

@@ -10,6 +10,7 @@ __all__ = ['FETCH', 'GLUE_TASKS', 'GLUE_LABELS', 'read_wikitext', 'wikitext_arti
 
 # %% ../../nbs/08f_data_real.ipynb #d8a2c27b
 import csv
+import io
 import re
 import sys
 from pathlib import Path
@@ -33,6 +34,12 @@ FETCH = {
 
 def _root(root): return Path(root).expanduser() if root is not None else data_dir()
 
+def _nonempty(f: Path, newline=None) -> str:
+    "UTF-8 text of a dataset file (`newline` as for `open`); ValueError naming it when it is empty (a split never is)."
+    with open(f, encoding="utf-8", newline=newline) as fh: t = fh.read()
+    if not t: raise ValueError(f"{f}: empty file (a dataset split is never empty); get it again")
+    return t
+
 # %% ../../nbs/08f_data_real.ipynb #984de137
 def read_wikitext(root=None, # folder holding wikitext-103/ (or wikitext-103-raw/)
                   split: str = "train", # train | valid | test
@@ -43,7 +50,7 @@ def read_wikitext(root=None, # folder holding wikitext-103/ (or wikitext-103-raw
     if split not in ("train", "valid", "test"): raise ValueError(f"split must be train|valid|test, got {split!r}")
     f = _root(root) / (f"{name}-raw" if raw else name) / f"wiki.{split}.{'raw' if raw else 'tokens'}"
     require(f, FETCH["wikitext-103"] if name.startswith("wikitext") else f"run `kattn data fetch {name}`")
-    return f.read_text(encoding="utf-8").split("\n")
+    return _nonempty(f).split("\n")
 
 _TITLE = re.compile(r"^ = [^=].* = $")
 
@@ -118,7 +125,7 @@ def read_glue(root=None, # folder holding glue_data/
     if task not in GLUE_TASKS: raise ValueError(f"task must be one of {list(GLUE_TASKS)}, got {task!r}")
     f = require(_root(root) / "glue_data" / task / f"{split}.tsv", FETCH["glue"])
     csv.field_size_limit(sys.maxsize)
-    with open(f, encoding="utf-8", newline="") as fh: rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(io.StringIO(_nonempty(f, newline=""), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     a, b, y = GLUE_TASKS[task]
     if task == "CoLA" and not split.startswith("test"): header, body = ["source", "label", "original", "sentence"], rows
     else: header, body = rows[0], rows[1:]
@@ -159,8 +166,7 @@ def read_aan(root=None, # folder holding lra_release/tsv_data/
     f = Path(path) if path else _root(root) / "lra_release" / "tsv_data" / f"new_aan_pairs.{split}.tsv"
     require(f, FETCH["lra"])
     csv.field_size_limit(sys.maxsize)
-    with open(f, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(io.StringIO(_nonempty(f, newline=""), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     out = []
     for r in rows:
         if len(r) != 5: raise ValueError(f"{f}: expected 5 tab-separated columns, got {len(r)}")

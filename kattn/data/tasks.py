@@ -37,7 +37,8 @@ def documents(name: str, root=None) -> dict:
     if name not in PROSE: raise ValueError(f"name must be enwiki-106 or one of {PROSE}, got {name!r}")
     d = root / name / "documents"
     if not d.is_dir(): raise DataMissingError(d, f"run `kattn data fetch {name}`")
-    return {f"{name}:{p.stem}": p.read_text(encoding="utf-8") for p in sorted(d.glob("*.txt"))}
+    from kattn.data.fetch import read_checked       # empty or damaged documents (against the stand-in's manifest) are named
+    return {f"{name}:{p.stem}": read_checked(p, name, root).decode("utf-8") for p in sorted(d.glob("*.txt"))}
 
 def segments(text: str, max_bytes: int = 4000) -> list:
     "Consecutive pieces of at most max_bytes UTF-8 bytes, cut at line ends where possible."
