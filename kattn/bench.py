@@ -28,6 +28,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ._progress import report
+
 # %% ../nbs/10_bench.ipynb #a7a79a93
 @dataclass
 class Case:
@@ -76,6 +78,7 @@ def time_cases(cases: dict, # name -> Case or callable
             _sync(device); t0 = timer()
             run_case(cases[name], mode)
             _sync(device); times[name].append(timer() - t0)
+        report("bench", r + 1, repeats, mode=mode)                      # kattn run's side channel
     return times
 
 def summarize(ts: list, # seconds
@@ -199,6 +202,7 @@ def sweep(factory: Callable, # (**point) -> dict of cases (None = skip at this p
         df = benchmark(factory(**point), **kw)
         for key, val in reversed(point.items()): df.insert(0, key, val)
         frames.append(df); gc.collect()
+        report("sweep", len(frames), len(grid), **point)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 # %% ../nbs/10_bench.ipynb #1b5c112c

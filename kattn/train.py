@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
+from ._progress import report
 from .features import step_feature_maps
 
 # %% ../nbs/09_train.ipynb #f0630213
@@ -279,6 +280,7 @@ def fit(self) -> list: # per-step records (loss, lr, grad_norm, ...)
     while self.step < cfg.max_steps:
         rec = train_step(self, batches); ntok += rec.pop("tokens")
         self.history.append(rec); bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        if self.rank == 0: report("train", self.step, cfg.max_steps, loss=f"{rec['loss']:.3f}")   # kattn run's side channel
         if cfg.log_every and self.step % cfg.log_every == 0:
             dt = time.perf_counter() - t0
             _log(self, {**rec, "tokens_per_s": ntok / dt, "epoch": self.epoch}); t0, ntok = time.perf_counter(), 0
