@@ -70,7 +70,7 @@ def site_nav(root=None) -> dict:
     if loose: sections.insert(0, {'section': None, 'items': loose})
     return {'title': web.get('title', root.name), 'navbar': navbar, 'sidebar': sections}
 
-# %% ../nbs/12_site.ipynb #4514f4e8
+# %% ../nbs/12_site.ipynb #03ecc6ea
 def site_options(root=None) -> dict:
     "The page options of `_quarto.yml` the offline builder honours: `format.html.toc`/`toc-depth`, `website.search`/`favicon`."
     cfg = read_site_config(root)
@@ -203,7 +203,7 @@ def process_notebook(path, nbdev_procs: bool = True, root=None, nb=None):
     nbformat.validate(res)
     return res, {'title': fm.get('title') or Path(path).stem, 'description': fm.get('description', '')}
 
-# %% ../nbs/12_site.ipynb #01d880d3
+# %% ../nbs/12_site.ipynb #294d6728
 EXECUTE = ['nbs/index.ipynb', 'nbs/[0-9]*.ipynb']  # executed at build time; everything else is rendered as stored
 
 def _tst_flags(root) -> set:
@@ -230,7 +230,7 @@ def _skip_notebook(path, nb) -> bool:
             if re.search(r'^\s*(-\s*)?skip_exec\s*:\s*true\s*$', s, re.M | re.I): return True
     return False
 
-# %% ../nbs/12_site.ipynb #8cfe1776
+# %% ../nbs/12_site.ipynb #a185b442
 def execute_notebook(path, root=None, timeout: float = 600, flags=None):
     "`(notebook, error)`: notebook `path` run in a fresh kernel as `nbdev-test` runs it; `error` is None or a short message."
     import nbformat
@@ -254,7 +254,7 @@ def execute_notebook(path, root=None, timeout: float = 600, flags=None):
     for i, s in skipped.items(): nb.cells[i].source = s
     return nb, err
 
-# %% ../nbs/12_site.ipynb #7801f868
+# %% ../nbs/12_site.ipynb #e1abcb37
 def _to_execute(root, pages, execute) -> list:
     "Sources of the pages to execute: `True` → those matching `EXECUTE`, falsy → none, else a list of paths or globs."
     if not execute: return []
@@ -400,7 +400,7 @@ def relink(html: str, src: str, out: str, pages: dict, doc_url: str = '') -> str
         return m.group(1) + posixpath.relpath(path, here) + (f'#{frag}' if frag else '') + m.group(3)
     return re.sub(r'(<a\b[^>]*?\bhref=")([^"]*)(")', fix, html)
 
-# %% ../nbs/12_site.ipynb #439f01cc
+# %% ../nbs/12_site.ipynb #5c138090
 _ID_ATTR = re.compile(r'<[a-zA-Z][^>]*?\sid="([^"]+)"')
 _A_HREF = re.compile(r'(<a\b[^>]*?\bhref=")([^"]*)(")')
 
@@ -446,7 +446,7 @@ def dedupe_ids(html: str) -> str:
         return head + inner.replace(f'href="#{i}"', f'href="#{new}"') + f'</h{lvl}>'
     return re.sub(r'<h([1-6])\b[^>]*?\sid="([^"]+)"[^>]*>(.*?)</h\1>', fix, html, flags=re.S)
 
-# %% ../nbs/12_site.ipynb #39f324f6
+# %% ../nbs/12_site.ipynb #49bfa05b
 _HEADING = re.compile(r'<h([1-6])\b[^>]*?\sid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
 _TOC_MARK = '<!--kattn:toc-->'
 
@@ -501,7 +501,7 @@ def render_page(nb, meta: dict, src: str, out: str, nav: dict, pages: dict, titl
     html = dedupe_ids(html)
     return add_toc(html, opts.get('toc_depth', 3)) if (opts or {}).get('toc') else html
 
-# %% ../nbs/12_site.ipynb #c9db6f4a
+# %% ../nbs/12_site.ipynb #5a3b8f35
 SEARCH_TEXT = 5000  # characters of text kept per section in the search index
 LUNR_VERSION = '2.3.9'
 
@@ -540,7 +540,7 @@ def write_search(out: Path, records: list):
     (d / 'kattn' / 'search.js').write_text(SEARCH_JS, encoding='utf-8')
     shutil.copytree(_assets() / 'lunr', d / 'lunr', dirs_exist_ok=True)
 
-# %% ../nbs/12_site.ipynb #8325808f
+# %% ../nbs/12_site.ipynb #20888aaf
 SEARCH_JS = r'''// kattn site search: lunr.js over the index written at build time; works from file:// and from any static server.
 (function () {
   var me = document.currentScript, root = me.getAttribute('data-root') || '';
