@@ -5,6 +5,7 @@ import functools
 import http.server
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -13,14 +14,19 @@ import tempfile
 import threading
 import time
 import urllib.request
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
 
-from kattn.site import expand_glob, page_out, site_nav, site_pages, strip_external
+from kattn.site import RESULTS_PAGE, expand_glob, page_out, site_nav, site_options, site_pages, strip_external
 
 ROOT = Path(__file__).resolve().parents[1]
+# the test build executes one library notebook (all of them take minutes): this one draws a figure
+EXECUTED = "nbs/08b_data_pathfinder.ipynb"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--window-size=1200,1400", "--remote-debugging-port=0",
@@ -191,10 +197,12 @@ def site(tmp_path_factory):
     pages = site_pages(ROOT)
     out = tmp_path_factory.mktemp("site") / "_site"
     # in a child process: nbdev executes the notebooks' exported cells to render show_doc; keep that out of pytest's process
-    code = f"from kattn.site import build_site; build_site({str(ROOT)!r}, out={str(out)!r}, use_quarto=False)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    code = (f"from kattn.site import build_site; "
+            f"build_site({str(ROOT)!r}, out={str(out)!r}, use_quarto=False, execute=[{EXECUTED!r}], timeout=300)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"site: \d+ pages built", r.stdout), r.stdout[-2000:]
+    assert "site: executed 1 notebooks" in r.stdout and "warning" not in r.stdout, r.stdout[-2000:]
     return out, pages
 
 
@@ -240,19 +248,196 @@ def test_every_page_in_chromium(site, browser):
     assert typeset >= 2, "expected math on several pages (index and the module notebooks)"
 
 
-@pytest.mark.browser
-def test_served_over_http_math_renders(site, browser, tmp_path):
-    site = site[0]
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+@contextmanager
+def _serve(folder):
+    "A static server for `folder` on a free loopback port; yields its base URL."
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a: None
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        reqs, failed = browser.open(f"http://127.0.0.1:{srv.server_address[1]}/toeplitz.html")
+    try: yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally: srv.shutdown(); srv.server_close()
+
+
+@pytest.mark.browser
+def test_served_over_http_math_renders(site, browser, tmp_path):
+    site = site[0]
+    with _serve(site) as base:
+        reqs, failed = browser.open(f"{base}/toeplitz.html")
         st = browser.js(_PAGE_STATE)
         browser.screenshot(Path(os.environ.get("KATTN_SITE_SCREENSHOT", tmp_path / "toeplitz.png")))
-    finally:
-        srv.shutdown()
     assert st["rendered"] > 0 and not st["errors"] and not failed
     assert [r for r in reqs if not _local(r)] == []
     assert any(r.endswith("fonts/HTML-CSS/STIX-Web/fontdata.js") or "STIX-Web" in r for r in reqs), "STIX-Web fonts not loaded"
+
+
+# ---------------------------------------------------------------- search, executed pages, tables of contents, anchors, favicon
+
+class _Page(HTMLParser):
+    "Element ids, `<a href>`s and `<link rel=icon>` hrefs of one built page."
+    def __init__(self):
+        super().__init__(); self.ids, self.dup_ids, self.hrefs, self.icons = set(), [], [], []
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            if a["id"] in self.ids: self.dup_ids.append(a["id"])
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("href") is not None: self.hrefs.append(a["href"])
+        if tag == "link" and "icon" in (a.get("rel") or "").split(): self.icons.append(a.get("href"))
+
+
+def _parse_site(site):
+    res = {}
+    for f in site.rglob("*.html"):
+        if "mathjax" in f.parts or "site_libs" in f.parts: continue
+        p = _Page(); p.feed(f.read_text(encoding="utf-8")); res[f.relative_to(site).as_posix()] = p
+    return res
+
+
+def _broken_anchors(pages):
+    "In-site links `page.html#frag` / `#frag` whose fragment is no element id of the target page (matched as browsers do:"
+    " as written, then percent-decoded; case-sensitive), and links to pages that were not built."
+    bad, checked = [], 0
+    for out, p in pages.items():
+        for href in p.hrefs:
+            if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^//", href) or "#" not in href: continue
+            path, frag = href.split("#", 1)
+            tgt = posixpath.normpath(posixpath.join(posixpath.dirname(out), path)) if path else out
+            if tgt not in pages: bad.append(f"{out}: {href} (no page {tgt})"); continue
+            if not frag: continue
+            checked += 1
+            if frag not in pages[tgt].ids and unquote(frag) not in pages[tgt].ids: bad.append(f"{out}: {href}")
+    return bad, checked
+
+
+def test_anchor_checker_catches_case_mismatch(tmp_path):
+    "The checker itself: a lower-cased link to a `FeatureMap` heading is broken, the exact and percent-encoded ones are not."
+    (tmp_path / "a.html").write_text('<h2 id="FeatureMap">F</h2><h2 id="a→b">x</h2>'
+                                     '<a href="#featuremap">1</a><a href="#FeatureMap">2</a><a href="#a%E2%86%92b">3</a>')
+    bad, checked = _broken_anchors(_parse_site(tmp_path))
+    assert (bad, checked) == (["a.html: #featuremap"], 3)
+
+
+def test_no_broken_anchors(site):
+    pages = _parse_site(site[0])
+    bad, checked = _broken_anchors(pages)
+    assert checked > 300, checked        # nbdev's doc links, heading anchors and the tables of contents
+    assert not bad, f"{len(bad)} broken anchors:\n" + "\n".join(bad[:40])
+    dups = {out: p.dup_ids for out, p in pages.items() if p.dup_ids}
+    assert not dups, f"ids used twice on a page (a link can reach only the first): {dups}"
+
+
+def test_favicon_linked_from_every_page(site):
+    site = site[0]
+    fav = site_options(ROOT)["favicon"]
+    assert fav and (ROOT / fav).is_file()
+    svg = ET.fromstring((site / "favicon.svg").read_text())
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg" and (site / "favicon.svg").read_bytes() == (ROOT / fav).read_bytes()
+    for out, p in _parse_site(site).items():
+        assert len(p.icons) == 1, (out, p.icons)
+        assert posixpath.normpath(posixpath.join(posixpath.dirname(out), p.icons[0])) == "favicon.svg", (out, p.icons)
+
+
+def test_library_notebooks_are_committed_without_outputs():
+    "Why the build executes them: the figures on the library pages can only come from running the notebooks."
+    nb = json.loads((ROOT / EXECUTED).read_text())
+    assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+    assert any("plt.show()" in "".join(c["source"]) for c in nb["cells"])
+
+
+def test_search_index_covers_every_page(site):
+    site, pages = site
+    js = (site / "site_libs/kattn/search-index.js").read_text(encoding="utf-8")
+    assert js.startswith("window.kattnSearchDocs = ")
+    docs = json.loads(js[js.index("["):js.rindex("]") + 1])
+    assert {d["u"].split("#")[0] for d in docs} == {p["out"] for p in pages} | {RESULTS_PAGE}
+    assert any(d["u"].startswith("toeplitz.html#") and "circulant" in (d["t"] + d["b"]).lower() for d in docs)
+    assert (site / "site_libs/lunr/lunr.min.js").is_file() and "Permission is hereby granted" in (site / "site_libs/lunr/LICENSE").read_text()
+
+
+_SEARCH = """(text => new Promise((ok, no) => {
+  const box = document.getElementById('kattn-search-input'), list = document.getElementById('kattn-search-results');
+  if (!box || !list) return no('no search box');
+  box.focus(); box.value = text; box.dispatchEvent(new Event('input'));
+  const t0 = Date.now();
+  (function poll() {
+    if (!list.hidden && list.children.length)
+      return ok({hits: Array.from(list.querySelectorAll('a.kattn-search-hit')).map(a => [a.getAttribute('href'), a.href, a.textContent]),
+                 empty: !!list.querySelector('.kattn-search-empty')});
+    if (Date.now() - t0 > 20000) return no('no results shown');
+    setTimeout(poll, 50);
+  })();
+}))"""
+
+
+def _search(browser, text):
+    return browser.js(f"{_SEARCH}({json.dumps(text)})")
+
+
+def _check_search(browser, base, here, shot=None):
+    "Search from page `here` of the site at URL `base`: known words find their pages, links resolve, nonsense finds nothing."
+    browser.open(f"{base}/{here}")
+    r = _search(browser, "circulant")
+    assert r["hits"] and not r["empty"], r
+    assert urlparse(r["hits"][0][1]).path.endswith("/toeplitz.html"), r["hits"][:3]
+    if shot: browser.screenshot(shot)
+    r2 = _search(browser, "pathfinder")
+    assert any(urlparse(h[1]).path.endswith("/data_pathfinder.html") for h in r2["hits"][:3]), r2["hits"][:5]
+    assert _search(browser, "zqxjkvw")["empty"]
+    assert _search(browser, "the toeplitz:~^ *")["hits"]            # stop words and lunr's query syntax are harmless
+    # following the first hit lands on the page, at an element that exists
+    browser.open(r["hits"][0][1])
+    assert browser.js("location.pathname.endsWith('/toeplitz.html') && (!location.hash || !!document.querySelector(':target'))")
+
+
+@pytest.mark.browser
+def test_search_from_file_urls(site, browser, tmp_path):
+    site = site[0]
+    _check_search(browser, site.as_uri(), "index.html", tmp_path / "search.png")
+    _check_search(browser, site.as_uri(), "runs/toeplitz_fft/cpu.html")      # from a page two folders down
+
+
+@pytest.mark.browser
+def test_search_over_http(site, browser):
+    with _serve(site[0]) as base:
+        _check_search(browser, base, "experiments/toeplitz_fft.html")
+
+
+@pytest.mark.browser
+def test_executed_library_page_shows_its_figure(site, browser, tmp_path):
+    site = site[0]
+    browser.open((site / page_out(EXECUTED)).as_uri())
+    imgs = browser.js("Array.from(document.querySelectorAll('main .jp-OutputArea-output img'))"
+                      ".map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+    browser.js("document.querySelector('main .jp-OutputArea-output img').scrollIntoView()")
+    browser.screenshot(Path(os.environ.get("KATTN_FIGURE_SCREENSHOT", tmp_path / "figure.png")))
+    assert imgs and all(ok and w > 100 and h > 20 for ok, w, h in imgs), imgs
+    # text outputs too, besides the figure
+    assert browser.js("document.querySelectorAll('main .jp-OutputArea-output').length") > len(imgs)
+
+
+@pytest.mark.browser
+def test_table_of_contents(site, browser):
+    site = site[0]
+    assert site_options(ROOT)["toc"] is True
+    for page, want in [("toeplitz.html", "Derivation"), ("data_pathfinder.html", "PathfinderSpec")]:
+        browser.open((site / page).as_uri())
+        st = browser.js("""(() => {
+          const toc = document.querySelector('nav.kattn-toc'); if (!toc) return null;
+          const links = Array.from(toc.querySelectorAll('a'));
+          const target = a => { const h = a.getAttribute('href').slice(1); return document.getElementById(h) || document.getElementById(decodeURIComponent(h)); };
+          const r = toc.getBoundingClientRect();
+          return {n: links.length, text: links.map(a => a.textContent), broken: links.filter(a => !target(a)).map(a => a.getAttribute('href')),
+                  visible: r.width > 100 && r.height > 100, sticky: getComputedStyle(toc).position};
+        })()""")
+        assert st is not None, f"{page}: no table of contents"
+        assert st["n"] >= 3 and not st["broken"] and st["visible"] and st["sticky"] == "sticky", (page, st)
+        assert any(t.startswith(want) for t in st["text"]), (page, st["text"])
+
+
+@pytest.mark.browser
+def test_favicon_renders(site, browser):
+    browser.open((site[0] / "index.html").as_uri())
+    w = browser.js("new Promise(ok => { const i = new Image(); i.onload = () => ok(i.naturalWidth); i.onerror = () => ok(-1);"
+                   " i.src = document.querySelector('link[rel=icon]').href; })")
+    assert w > 0
