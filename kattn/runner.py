@@ -518,6 +518,7 @@ SUITE = [
     ("mt", {"study": "zheng"}),       # Zheng: the encoder's self-attention softmax / RA / RFA / LARA, softmax decoder
     ("feature_maps", {}),             # Luo Fig. 3: NPRF + RPE vs m and feature maps
     ("mlm_finetune", {}),             # Luo Table 1: masked-LM pre-training, fine-tuning on stand-in tasks
+    ("image_classification", {}),     # Luo Table 4 / Zheng ImageNet: a ViT on Fashion-MNIST, nine attentions
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
 ]
 

@@ -8,8 +8,8 @@ Docs: https://kattn.github.io/kattn/train.html.md"""
 __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'dist_info', 'seed_everything', 'rng_state',
            'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'Trainer', 'train_step', 'evaluate', 'fit',
            'CopyTask', 'markov_tokens', 'lm_loss', 'mlm_loss', 'classification_loss', 'lm_perplexity',
-           'pair_classification_loss', 'translation_loss', 'translation_perplexity', 'translate', 'main',
-           'fit_in_processes']
+           'pair_classification_loss', 'translation_loss', 'translation_perplexity', 'translate',
+           'image_classification_loss', 'main', 'fit_in_processes']
 
 # %% ../nbs/09_train.ipynb #bc2565fa
 import copy, hashlib, io, json, math, os, random, sys, time
@@ -413,6 +413,12 @@ def translate(model: nn.Module, # a `kattn.models.Seq2Seq`
             out[i] = s[:s.index(eos)] if eos in s else s
     model.train(was)
     return out
+
+# %% ../nbs/09_train.ipynb #5396ff9f
+def image_classification_loss(model, batch, label_smoothing: float = 0.0) -> Tensor:
+    "Cross-entropy of an image classifier on a batch (images [B, C, H, W], labels [B]) or {'images', 'labels'}."
+    x, y = (batch["images"], batch["labels"]) if isinstance(batch, dict) else batch
+    return F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
 
 # %% ../nbs/09_train.ipynb #9da00030
 def _parser():

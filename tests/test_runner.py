@@ -125,6 +125,8 @@ def test_committed_paper_results_are_valid():
                            ("mt", "luo-table3"), ("mlm_finetune", "luo-table1")):
         rows = json.loads((ROOT / "runs" / name / "cpu.json").read_text())["paper_results"]
         assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
+    rows = json.loads((ROOT / "runs" / "image_classification" / "cpu.json").read_text())["paper_results"]
+    assert {r["id"] for r in rows} == {"luo-table4", "zheng-imagenet"} and len(rows) >= 8 and all(r["ours"] is not None for r in rows)
 
 
 CLI = "import sys; from kattn.runner import main; sys.exit(main({!r}))"

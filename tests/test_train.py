@@ -192,3 +192,23 @@ def test_metrics_have_no_duplicate_steps_after_resume(tmp_path):
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert [l["step"] for l in lines if "loss" in l] == list(range(1, N + 1))
     assert [l["step"] for l in lines if "eval/x" in l] == list(range(1, N + 1))
+
+
+def test_image_training_runs_under_torchrun(tmp_path):
+    # what the image-classification template hands to torchrun: a ViT, AugmentedImages and a partial of the image loss
+    from functools import partial
+    from torch.utils.data import TensorDataset
+    from kattn.data.images import AugmentedImages
+    from kattn.models import ViT, ViTConfig
+    from kattn.train import fit_in_processes, image_classification_loss
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 2, (64,))
+    x[y == 1] += 1.0
+    model = ViT(ViTConfig(image_size=8, patch_size=4, in_channels=1, d_model=16, num_heads=2, num_layers=1, d_ff=32,
+                          num_classes=2, attention="lara", attention_options={"num_proposals": 1, "grid": (2, 2), "gamma": 2.0}))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(max_steps=3, batch_size=16, lr=1e-2, warmup_steps=1, log_every=0, eval_every=0, progress=False)
+    hist = fit_in_processes(model, cfg, AugmentedImages(TensorDataset(x, y), pad=1),
+                            partial(image_classification_loss, label_smoothing=0.1), nproc=2)
+    assert len(hist) == 3 and all(math.isfinite(h["loss"]) for h in hist)
+    assert not torch.equal(before["head.weight"], model.state_dict()["head.weight"])   # trained weights came back

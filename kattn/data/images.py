@@ -6,7 +6,8 @@ Docs: https://kattn.github.io/kattn/data_images.html.md"""
 
 # %% auto #0
 __all__ = ['FETCH_CIFAR', 'FETCH_IMAGENET', 'IMG_EXT', 'load_pickle', 'read_cifar10', 'to_grey_lra', 'lra_image_splits',
-           'image_folder', 'ImageFolderDataset', 'read_png_folder', 'read_imagenet32_batches', 'read_idx']
+           'image_folder', 'ImageFolderDataset', 'read_png_folder', 'read_imagenet32_batches', 'read_idx',
+           'random_crop_flip', 'AugmentedImages']
 
 # %% ../../nbs/08g_data_images.ipynb #a51b3a92
 import gzip
@@ -138,3 +139,34 @@ def read_idx(path, # an IDX file, optionally gzipped
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
     if data.size != int(np.prod(dims)): raise ValueError(f"{path}: {data.size} bytes for dims {dims} (truncated or damaged file)")
     return data.reshape(dims)
+
+# %% ../../nbs/08g_data_images.ipynb #d6d50ac2
+def random_crop_flip(x: torch.Tensor, # [C, H, W] one image
+                     pad: int = 0, # zero padding on each side before the crop (0: no crop)
+                     flip: bool = True, # left-right flip with probability 1/2
+                     generator: torch.Generator | None = None, # None: torch's global generator
+                    ) -> torch.Tensor: # [C, H, W]
+    "A random H x W window of the zero-padded image, then a random horizontal flip."
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0: raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3: raise ValueError(f"x must be a [C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if pad:
+        H, W = x.shape[-2:]
+        i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))[:, i:i + H, j:j + W]
+    if flip and torch.rand((), generator=generator) < 0.5: x = x.flip(-1)
+    return x
+
+class AugmentedImages(Dataset):
+    "A dataset of (image [C, H, W], label) pairs with `random_crop_flip` applied at every access."
+    def __init__(self, data, pad: int = 0, flip: bool = True,
+                 seed: int | None = None, # own generator, started at the first access (a pickled copy starts afresh); None: global
+                ):
+        random_crop_flip(torch.zeros(1, 1, 1), pad, flip)          # validates pad
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)): raise ValueError(f"seed must be an int or None, got {seed!r}")
+        self.data, self.pad, self.flip, self.seed, self._gen = data, pad, flip, seed, None
+    def __len__(self): return len(self.data)
+    def __getstate__(self): return {**self.__dict__, "_gen": None}
+    def __getitem__(self, i):
+        if self.seed is not None and self._gen is None: self._gen = torch.Generator().manual_seed(self.seed)
+        x, y = self.data[i]
+        return random_crop_flip(x, self.pad, self.flip, self._gen), y
