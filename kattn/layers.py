@@ -377,6 +377,18 @@ class MultiheadAttention(nn.Module):
 
     def extra_repr(self): return f"d_model={self.d_model}, num_heads={self.num_heads}, attention={self.attention!r}, causal={self.causal}"
 
+    def step(self, x: Tensor, # [B, 1, d_model] the newest position
+              state: dict | None = None, # what the previous call returned (None at the first position)
+             ) -> tuple: # (y [B, 1, d_model], state)
+        "Incremental causal decoding: returns this position's output and the updated state."
+        if not self.causal: raise ValueError("step() is incremental causal decoding; build the layer with causal=True")
+        if x.dim() != 3 or x.shape[1] != 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be [B, 1, d_model={self.d_model}] (one position), got {tuple(x.shape)}")
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        if self.spec.recurrent and self.rpe is None: out, state = _recurrent_step(self.algorithm, q, k, v, state)
+        else: out, state = _cached_step(self, q, k, v, state)
+        return self._merge(out), state
+
 # %% ../nbs/06_layers.ipynb #cb05c625
 def check_causality(layer: nn.Module, # maps [B, n, d] -> [B, n, d]
                     x: Tensor, # [B, n, d]
@@ -437,16 +449,3 @@ def _cached_step(mha, q, k, v, state):
         out = mha.algorithm(q, k, v, rpe_bias=rpe_bias, causal=True)[..., -1:, :]
     return out, {"q": q, "k": k, "v": v, "t": L}
 
-def _step(self, x: Tensor, # [B, 1, d_model] the newest position
-          state: dict | None = None, # what the previous call returned (None at the first position)
-         ) -> tuple: # (y [B, 1, d_model], state)
-    "Incremental causal decoding: returns this position's output and the updated state."
-    if not self.causal: raise ValueError("step() is incremental causal decoding; build the layer with causal=True")
-    if x.dim() != 3 or x.shape[1] != 1 or x.shape[-1] != self.d_model:
-        raise ValueError(f"x must be [B, 1, d_model={self.d_model}] (one position), got {tuple(x.shape)}")
-    q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
-    if self.spec.recurrent and self.rpe is None: out, state = _recurrent_step(self.algorithm, q, k, v, state)
-    else: out, state = _cached_step(self, q, k, v, state)
-    return self._merge(out), state
-
-MultiheadAttention.step = _step
