@@ -270,7 +270,7 @@ def test_stopped_run_keeps_failed_record_and_no_temp_files(tmp_path, sig):
         time.sleep(0.1)
     kernel = int(mark.read_text())
     p.send_signal(sig)                                                # to the runner only, as `kill` or a scheduler does
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=180)                             # generous: the kernel's shutdown is slow on a busy host
     assert p.returncode == 128 + sig, err
     why = "terminated by SIGTERM" if sig == signal.SIGTERM else "interrupted"
     assert f"kattn run: error: experiment 'tiny' failed ({why}); kept " in err, err
