@@ -126,7 +126,8 @@ def test_committed_paper_results_are_valid():
             assert seen.setdefault((r["id"], r["setting"]), r["ours"]) == r["ours"], (p, r["setting"], "repeats with another number")
     for name, paper_id in (("conversion", "luo-fig2"), ("lm", "luo-table2"), ("feature_maps", "luo-fig3"),
                            ("mt", "luo-table3"), ("mlm_finetune", "luo-table1"), ("approx_error_randomized", "zheng-fig2"),
-                           ("zheng_cost", "zheng-cost"), ("sparsity", "chowdhury-sparsity")):
+                           ("zheng_cost", "zheng-cost"), ("sparsity", "chowdhury-sparsity"),
+                           ("approx_error_prf", "luo-fig1b")):
         rows = json.loads((ROOT / "runs" / name / "cpu.json").read_text())["paper_results"]
         assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
     rows = json.loads((ROOT / "runs" / "image_classification" / "cpu.json").read_text())["paper_results"]
