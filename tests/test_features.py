@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from kattn.features import (FEATURE_MAPS, EluFeatures, FeatureMap, PositiveRandomFeatures, ReluFeatures,
-                            TrigonometricRandomFeatures, gaussian_draws, make_feature_map, positive_features,
-                            step_feature_maps, trig_features)
+from kattn.features import (EluFeatures, FeatureMap, PositiveRandomFeatures, ReluFeatures, TrigonometricRandomFeatures,
+                            gaussian_draws, positive_features, step_feature_maps, trig_features)
 
 D64 = torch.float64
 
@@ -144,11 +143,6 @@ def test_deterministic_maps():
     assert EluFeatures(3).num_outputs == 3
 
 
-def test_registry():
-    assert set(FEATURE_MAPS) >= {"prf", "trf", "elu", "relu"}
-    assert make_feature_map("prf", 4, 8).num_outputs == 8 and make_feature_map("trf", 4, 8).num_outputs == 16
-
-
 def test_errors():
     fm = PositiveRandomFeatures(8, 4)
     with pytest.raises(ValueError, match="head_dim=8"): fm(torch.randn(3, 7))
@@ -159,7 +153,6 @@ def test_errors():
     with pytest.raises(ValueError, match="head_dim"): TrigonometricRandomFeatures(-1, 4)
     with pytest.raises(ValueError, match="redraw_interval"): PositiveRandomFeatures(8, 4, redraw_interval=0)
     with pytest.raises(ValueError, match="num_features"): ReluFeatures(4, 5)
-    with pytest.raises(ValueError, match="unknown feature map"): make_feature_map("rbf", 4, 4)
 
 
 @pytest.mark.gpu
