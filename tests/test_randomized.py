@@ -118,7 +118,7 @@ def test_lara_equals_literal_formula(n, C, gamma):
     r = 6 ** -0.25
     om = (qb + kb) * r + rand(qb.shape[0], 6, seed=7, dtype=F64)
     out = lara_attention(q, k, v, C, omega=torch.zeros(C, 6, dtype=F64).masked_scatter(valid[:, None], om), gamma=gamma)
-    torch.testing.assert_close(out, naive_lara(q * r, k * r, v, (qb + kb) * r, om, qb * r, gamma), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out, naive_lara(q * r, k * r, v, (qb + kb) * r, om, qb * r, gamma=gamma), rtol=0, atol=1e-10)
 
 
 def test_lara_gradients_match_literal_formula():
@@ -240,7 +240,7 @@ def test_causal_lara_matches_per_query_reference_outputs_and_grads(n, L, gamma):
     om = ((qb + kb) * 4 ** -0.25 + rand(C, 4, seed=31, dtype=F64)).detach()
     w = rand(n, 4, seed=32, dtype=F64)
     a = lara_attention(q, k, v, C, causal=True, chunk_size=L, omega=om, gamma=gamma)
-    b = naive_causal_lara(q, k, v, L, om, gamma)
+    b = naive_causal_lara(q, k, v, L, om, gamma=gamma)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
@@ -331,7 +331,7 @@ def test_lara_cross_attention_explicit_landmarks_match_literal_formula(n, gamma)
     out = lara_attention(q, k, v, C, landmarks=(qb, kb), omega=om, gamma=gamma, key_padding_mask=mask)
     assert out.shape == (1, 2, n, 5)
     for h in range(2):
-        ref = naive_lara(q[0, h] * r, k[0, h, :11] * r, v[0, h, :11], (qb[0, h] + kb[0, h]) * r, om[0, h], qb[0, h] * r, gamma)
+        ref = naive_lara(q[0, h] * r, k[0, h, :11] * r, v[0, h, :11], (qb[0, h] + kb[0, h]) * r, om[0, h], qb[0, h] * r, gamma=gamma)
         torch.testing.assert_close(out[0, h], ref, rtol=0, atol=1e-10)
 
 
@@ -375,7 +375,7 @@ def test_causal_lara_segments_match_per_query_reference(n, C, gamma):
     om = ((qb + kb) * 4 ** -0.25 + rand(C, 4, seed=61, dtype=F64)).detach()
     w = rand(n, 4, seed=62, dtype=F64)
     a = lara_attention(q, k, v, C, causal=True, omega=om, gamma=gamma)
-    b = naive_causal_lara(q, k, v, None, om, gamma, num_proposals=C)
+    b = naive_causal_lara(q, k, v, None, om, gamma=gamma, num_proposals=C)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
@@ -675,7 +675,7 @@ def test_rfa_module_official_estimator():
     m = RandomFeatureAttention(8, 16, seed=1, num_heads=3, estimator="official").eval()
     torch.testing.assert_close(m(q, k, v), official_performer_attention(q, k, v, omega=m.omega), rtol=0, atol=0)
     with pytest.raises(ValueError, match="bidirectional"): m(q, k, v, causal=True)
-    with pytest.raises(ValueError, match="estimator must be 'snis' or 'official'"): RandomFeatureAttention(8, estimator="favor")
+    with pytest.raises(ValueError, match="estimator must be one of 'snis', 'official'"): RandomFeatureAttention(8, estimator="favor")
 
 
 def test_lara_return_weights():
