@@ -362,7 +362,7 @@ def test_paper_configs_carry_the_task():
 
 @pytest.mark.parametrize("n", [-5, 0, 2.5, True])
 def test_next_pow2_rejects_non_positive(n):
-    with pytest.raises((ValueError, TypeError), match="n must be a positive int"): next_pow2(n)
+    with pytest.raises((ValueError, TypeError), match="n must be an int >= 1"): next_pow2(n)
 
 
 @pytest.mark.parametrize("cls", [GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures])
