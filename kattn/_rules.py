@@ -9,6 +9,7 @@ __all__ = ['DEN_EPS', 'NORM_EPS', 'work_dtype', 'to_work', 'allowed_mask', 'chec
            'check_choice', 'ones_column', 'guarded_div', 'split_divide', 'l2_normalize']
 
 # %% ../nbs/00c_rules.ipynb #bafac047
+import numbers
 import torch
 from torch import Tensor
 
@@ -69,7 +70,7 @@ def check_prob(name: str, p, # the argument's name and value
               ) -> float:
     "p must be a number in [0, 1] (or [0, 1)): else a ValueError naming the argument and the interval."
     top = "1]" if allow_one else "1)"
-    ok = not isinstance(p, bool) and isinstance(p, (int, float)) and (0 <= p <= 1 if allow_one else 0 <= p < 1)
+    ok = not isinstance(p, bool) and isinstance(p, numbers.Real) and (0 <= p <= 1 if allow_one else 0 <= p < 1)
     if not ok: raise ValueError(f"{_at(fn)}{name} must be in [0, {top}, got {p!r}")
     return p
 
