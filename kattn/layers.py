@@ -10,7 +10,6 @@ __all__ = ['ATTENTIONS', 'RelativePositionBias', 'RelativePositionBias2D', 'Soft
            'MultiheadAttention', 'check_causality', 'convert_attention']
 
 # %% ../nbs/06_layers.ipynb #b99a3244
-import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures
 from ._rules import NORM_EPS, allowed_mask, check_choice, check_pos_int, check_prob, l2_normalize, work_dtype
-from .attention import softmax_attention, kernelized_attention, rpe_matrix, clip_to_values
+from .attention import kernelized_attention, rpe_matrix, clip_to_values
 from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRandomizedAttention
 from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
 from .structured_rpe import t5_buckets

@@ -11,8 +11,7 @@ __all__ = ['LAYER_ORDERS', 'INIT_SCHEMES', 'TransformerConfig', 'LMConfig', 'Cla
            'DualEncoderClassifier', 'Seq2Seq', 'ViT', 'mask_tokens', 'MLMHead', 'MaskedLM']
 
 # %% ../nbs/07_models.ipynb #57a02f8b
-import math
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -550,7 +550,7 @@ def test_batch_mismatch_raises_value_error_naming_the_argument(name, causal):
     other = torch.randn(3, 6, 4)
     for bad in ("q", "k", "v"):
         args = {"q": q, "k": k, "v": v, bad: other}
-        with pytest.raises(ValueError, match=rf"batch dims of q \(\d,\), k \(\d,\) and v \(\d,\) do not broadcast"):
+        with pytest.raises(ValueError, match=r"batch dims of q \(\d,\), k \(\d,\) and v \(\d,\) do not broadcast"):
             _OPS[name](args["q"], args["k"], args["v"], causal=causal)
     with pytest.raises(ValueError, match=r"key_padding_mask \[\.\.\., m\] has batch dims \(3,\) that do not broadcast with"):
         _OPS[name](q, k, v, causal=causal, key_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
