@@ -1,4 +1,5 @@
 "Feature maps: protocol, draws, unbiasedness (Lemma 2 bounds), stabilization, devices/dtypes, errors."
+import copy
 import math
 
 import pytest
@@ -129,11 +130,16 @@ def test_eval_determinism():
     assert torch.equal(fm(x), fm(x))
 
 
-def test_bf16_autocast_features_are_fp32_and_finite():
-    fm = PositiveRandomFeatures(32, 16, seed=0)
+@pytest.mark.parametrize("cls", [PositiveRandomFeatures, TrigonometricRandomFeatures])
+@pytest.mark.parametrize("is_query", [False, True])
+def test_bf16_autocast_features_are_fp32_and_match_float64(cls, is_query, assert_rel_close):
+    "Under bf16 autocast the features are float32 and equal the float64 map's (same draws) up to float32 round-off."
+    fm = cls(32, 16, seed=0)
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16) * 3
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        f = fm(torch.randn(4, 32, dtype=torch.bfloat16) * 3)
-    assert f.dtype == torch.float32 and torch.isfinite(f).all()
+        f = fm(x, is_query=is_query)
+    assert f.dtype == torch.float32
+    assert_rel_close(f, copy.deepcopy(fm).double()(x.double(), is_query=is_query), 1e-4)   # measured <= 3e-6
 
 
 def test_deterministic_maps():

@@ -1,4 +1,5 @@
 "Tests for kattn.learned: FWHT, the three learned spectral feature maps (RKS and PRF), implied kernels, attention paths."
+import copy
 import math
 
 import pytest
@@ -231,13 +232,18 @@ def test_every_map_in_kernelized_attention_layer_and_padding():
         assert torch.isfinite(out).all() and torch.allclose(out, out_trunc, atol=1e-5)
 
 
-def test_bf16_autocast_finite():
-    x = torch.randn(2, 2, 9, 16)
+def test_bf16_autocast_matches_float64(assert_rel_close):
+    "Learned maps under bf16 autocast: float32 features, attention equal to the float64 map's (same draws and parameters)."
+    x = torch.randn(2, 2, 9, 16, generator=torch.Generator().manual_seed(0))
     for fm in all_maps(16):
+        fm.eval(); fm64 = copy.deepcopy(fm).double()                       # eval: no redraw between the two calls
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pq, pk = fm(x * 0.5, is_query=True), fm(x * 0.5)
             out = kernelized_attention(pq, pk, x, causal=True)
-        assert pq.dtype == torch.float32 and torch.isfinite(out).all()
+        x64 = x.double()
+        ref = kernelized_attention(fm64(x64 * 0.5, is_query=True), fm64(x64 * 0.5), x64, causal=True)
+        assert pq.dtype == torch.float32
+        assert_rel_close(out, ref, 1e-5)                                      # measured <= 2e-7
 
 
 # ---------------------------------------------------------------- redraw policy, state
