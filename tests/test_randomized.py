@@ -1,5 +1,6 @@
 "Tests for kattn.randomized: RA, RFA as SNIS, LARA and causal LARA (Zheng et al. 2022)."
 import copy
+import inspect
 import math
 
 import pytest
@@ -640,3 +641,22 @@ def test_lara_return_weights():
     torch.testing.assert_close(w @ f, out, rtol=0, atol=1e-10)                                       # out = sum_c w_nc f(omega_c)
     with pytest.raises(ValueError, match="return_weights needs causal=False"):
         lara_attention(q, k, v, C, causal=True, return_weights=True)
+
+
+# ---------------------------------------------------------------- one keyword order for the family
+ORDER = ["generator", "scale", "causal", "key_padding_mask"]
+
+
+@pytest.mark.parametrize("fn,positional", [
+    (randomized_attention, ["q", "k", "v", "num_samples", *ORDER]), (rfa_attention, ["q", "k", "v", "num_samples", *ORDER]),
+    (lara_attention, ["q", "k", "v", "num_proposals", *ORDER]),
+    (official_performer_attention, ["q", "k", "v", "num_features", "generator", "scale", "key_padding_mask"]),
+    (lara_landmarks, ["q", "k", "num_proposals", "key_padding_mask"]),
+    (RandomizedAttention(4).forward, ["q", "k", "v", "causal", "key_padding_mask"]),
+    (RandomFeatureAttention(4).forward, ["q", "k", "v", "causal", "key_padding_mask"]),
+    (LinearRandomizedAttention(4).forward, ["q", "k", "v", "causal", "key_padding_mask"])])
+def test_one_keyword_order(fn, positional):
+    "The contract's positions, then causal, key_padding_mask; every further option is keyword-only."
+    params = inspect.signature(fn).parameters.values()
+    assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
+    assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name not in positional)
