@@ -122,7 +122,7 @@ class SoftmaxAttention(nn.Module):
         if bias is None and key_padding_mask is None and nq == nk:         # causal only: the fused kernel
             return _nan_queries(q, F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale))
         auto = torch.is_autocast_enabled(q.device.type)
-        dt = torch.get_autocast_dtype(q.device.type) if auto else q.dtype
+        dt = torch.get_autocast_dtype(q.device.type) if auto and q.dtype == torch.float32 else q.dtype   # autocast leaves float64 alone
         mask = torch.zeros((), dtype=dt, device=q.device) if bias is None else bias.to(dt)
         if allowed is not None:            # rows with no admissible key attend anywhere and are zeroed below
             mask = torch.where(allowed | empty, mask, torch.tensor(float("-inf"), dtype=dt, device=q.device))

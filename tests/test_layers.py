@@ -369,3 +369,18 @@ def test_rfa_per_head_option():
     torch.testing.assert_close(per(x), y_shared, rtol=1e-10, atol=1e-12)
     off = MultiheadAttention(16, 4, "rfa", num_samples=8, per_head=True, estimator="official")
     assert off(torch.randn(2, 7, 16)).shape == (2, 7, 16)
+
+
+@pytest.mark.parametrize("case", ["rpe", "mask", "attn_bias"])
+def test_softmax_layer_float64_under_bf16_autocast(case):
+    # autocast leaves float64 inputs alone, so the result is the float64 one exactly (it raised a dtype error before)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    kw = {"rpe": dict(rpe_bias=torch.randn(2, 9, generator=g, dtype=torch.float64)),
+          "mask": dict(causal=True, key_padding_mask=torch.tensor([[[False] * 3 + [True] * 2] * 2])),
+          "attn_bias": dict(attn_bias=torch.randn(5, 5, generator=g, dtype=torch.float64))}[case]
+    from kattn.layers import SoftmaxAttention
+    att = SoftmaxAttention()
+    ref = att(q, k, v, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16): out = att(q, k, v, **kw)
+    assert out.dtype == torch.float64 and torch.equal(out, ref)
