@@ -171,12 +171,14 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
     qs, ks, s = _scaled(q, k, scale)
     std = _noise_std(noise, s)
     keep = _keep(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device)
-    logits = to_work(qs @ ks.transpose(-1, -2))                                   # [..., n, m]
+    with torch.autocast(q.device.type, enabled=False):                             # logits decide the draws: fp32 or wider
+        logits = to_work(qs) @ to_work(ks).transpose(-1, -2)                       # [..., n, m]
     flog0 = -0.5 * to_work(ks).square().sum(-1).unsqueeze(-2)                       # -|k|^2/2, [..., 1, m]
     if keep is not None: logits, flog0 = logits.masked_fill(~keep, -math.inf), flog0.masked_fill(~keep, -math.inf)
     if deterministic:
         omega = qs + _softmax0(logits, -1).to(ks.dtype) @ ks                       # the code's num_samples=-1
-        return _softmax0(to_work(omega) @ to_work(ks).transpose(-1, -2) + flog0, -1).to(v.dtype) @ v
+        with torch.autocast(q.device.type, enabled=False): fl = to_work(omega) @ to_work(ks).transpose(-1, -2) + flog0
+        return _softmax0(fl, -1).to(v.dtype) @ v
     n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
     i_n, i_m, i_d = (torch.arange(x, device=q.device) for x in (n, m, d))
     out = 0
@@ -187,7 +189,8 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
         omega = qs + torch.take_along_dim(ks, idx, dim=-2)                          # [..., n, d]
         if seed is None: omega = omega + std * torch.randn(qs.shape, generator=generator, device=q.device, dtype=qs.dtype)
         elif std: omega = omega + std * _counter_normal(seed, smp, i_n[:, None], i_d).to(qs.dtype)
-        fl = to_work(omega) @ to_work(ks).transpose(-1, -2) + flog0                # log xi(k_m, w_n) + const
+        with torch.autocast(q.device.type, enabled=False):
+            fl = to_work(omega) @ to_work(ks).transpose(-1, -2) + flog0            # log xi(k_m, w_n) + const
         out = out + _softmax0(fl, -1).to(v.dtype) @ v
     return out / num_samples
 
