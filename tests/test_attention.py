@@ -7,6 +7,7 @@ from kattn.attention import (kernelized_attention, kernelized_softmax_attention,
                              normalized_kernelized_attention, normalized_softmax_attention, rpe_matrix,
                              softmax_attention)
 from kattn.features import EluFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
+from kattn.toeplitz import toeplitz_settings
 
 D64 = torch.float64
 PATHS = [dict(), dict(causal=True), dict(rpe=True), dict(rpe=True, causal=True), dict(mask=True),
@@ -38,8 +39,8 @@ def test_fast_equals_naive_float64(n, path):
     ref = naive_kernelized_attention(phi_q, phi_k, v, **kw)
     torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw), ref, rtol=0, atol=1e-10)
     # small chunks / tiny memory budget: the chunk loops really run
-    torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw, chunk_size=7, memory_budget=1), ref,
-                               rtol=0, atol=1e-10)
+    with toeplitz_settings(memory_budget=1):
+        torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw, chunk_size=7), ref, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("path", PATHS[:4], ids=lambda p: "-".join(p) or "plain")
@@ -87,17 +88,20 @@ def test_gradients_equal_naive(path):
         out = fn(*leaves[:3], **kw2, **extra)
         gout = torch.linspace(-1, 1, out.numel(), dtype=D64).reshape(out.shape)
         return torch.autograd.grad((out * gout).sum(), leaves, allow_unused=True)
-    fast, ref = run(kernelized_attention, chunk_size=4, memory_budget=1), run(naive_kernelized_attention)
+    with toeplitz_settings(memory_budget=1): fast = run(kernelized_attention, chunk_size=4)
+    ref = run(naive_kernelized_attention)
     for a, r in zip(fast, ref):
         if r is None: assert a is None or torch.all(a == 0)
         else: torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("group_bytes", [1, 5000, 10 ** 9])
-def test_causal_groups_of_chunks(monkeypatch, group_bytes):
+def test_causal_groups_of_chunks(group_bytes):
     "Causal path without bias split into groups of chunks (a running state carried between groups): equals naive."
-    import kattn.attention as attention
-    monkeypatch.setattr(attention, "CAUSAL_CPU_GROUP_BYTES", group_bytes)   # 1 and 5000: 1 and 2 chunks per group; 1e9: one group
+    with toeplitz_settings(group_bytes=group_bytes): _causal_groups_of_chunks()   # 1, 5000: 1, 2 chunks per group; 1e9: one
+
+
+def _causal_groups_of_chunks():
     phi_q, phi_k, v, _, mask = case(29, m=4, dv=3, batch=(2, 2), seed=11)
     leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v)]
     leaves_r = [t.clone().requires_grad_() for t in (phi_q, phi_k, v)]
@@ -117,9 +121,8 @@ def test_gradcheck(path):
     args = [phi_q.requires_grad_(), phi_k.requires_grad_(), v.requires_grad_()]
     if kw["rpe_bias"] is not None: args.append(b.requires_grad_())
     def f(*a):
-        return kernelized_attention(*a[:3], **{**kw, "rpe_bias": a[3] if len(a) > 3 else None},
-                                    chunk_size=2, memory_budget=1)
-    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+        return kernelized_attention(*a[:3], **{**kw, "rpe_bias": a[3] if len(a) > 3 else None}, chunk_size=2)
+    with toeplitz_settings(memory_budget=1): assert torch.autograd.gradcheck(f, args, fast_mode=True)
 
 
 def test_bias_shift_invariance():
@@ -319,15 +322,18 @@ def test_rpe_backward_with_checkpointed_chunks_equals_single_chunk():
     phi_q, phi_k, v, b, _ = case(33, m=6, dv=4, batch=(2, 1), seed=9)
     def grads(budget):
         leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
-        out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], memory_budget=budget)
-        return torch.autograd.grad(out.pow(2).sum(), leaves)
+        with toeplitz_settings(memory_budget=budget, dense_max_n=0):
+            out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3])
+            return torch.autograd.grad(out.pow(2).sum(), leaves)
     for a, r in zip(grads(1), grads(2 ** 30)): torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
 
 
 def test_rpe_block_plans():
-    from kattn.attention import _rpe_blocks
+    from kattn.toeplitz import _plan_blocks
     row = 2 * 72 * 8                                   # one (feature, column) signal: B = 2, L = 72, float64
-    plan = lambda cap, units=1, budget=2 ** 40, m=7, dv=5: _rpe_blocks(m, 2, dv, 72, 8, budget, units, cap)
+    def plan(cap, units=1, budget=2 ** 40, m=7, dv=5):    # cap None: CUDA, where only the budget applies
+        with toeplitz_settings(block_bytes=cap, memory_budget=budget):
+            return _plan_blocks(m, 2, dv, 72, 8, "cpu" if cap else "cuda", units)
     assert [plan(row * p) for p in (1, 3, 5, 10, 20, 10 ** 6)] == [(1, 1), (1, 3), (1, 5), (2, 5), (4, 5), (7, 5)]
     assert plan(row * 15) == (3, 5) and plan(row * 15, m=6) == (3, 5) and plan(row * 20, m=6) == (3, 5)   # even split
     assert plan(row * 32, dv=65) == (1, 22) and plan(row * 64, dv=65) == (1, 33)    # 22+22+21, 33+32: no 1-wide sliver
@@ -343,7 +349,8 @@ def test_rpe_blocks_of_features_and_columns_equal_naive(pairs, causal):
     phi_q, phi_k, v, b, mask = case(33, m=7, dv=4, batch=(2, 1), seed=11)
     kw = dict(causal=causal, key_padding_mask=mask)
     leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
-    fast = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], block_bytes=2 * 72 * 8 * pairs, **kw)
+    with toeplitz_settings(block_bytes=2 * 72 * 8 * pairs, dense_max_n=0):
+        fast = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], **kw)
     ref_leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
     ref = naive_kernelized_attention(*ref_leaves[:3], rpe_bias=ref_leaves[3], **kw)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
@@ -354,9 +361,15 @@ def test_rpe_blocks_of_features_and_columns_equal_naive(pairs, causal):
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "16M"])
 def test_memory_budget_and_block_bytes_must_be_positive_ints(bad):
+    for name in ("memory_budget", "block_bytes"):
+        with pytest.raises(ValueError, match=name):
+            with toeplitz_settings(**{name: bad}): pass
+
+
+def test_tuning_is_not_in_the_signature():
     phi_q, phi_k, v, b, _ = case(4)
     for name in ("memory_budget", "block_bytes"):
-        with pytest.raises(ValueError, match=name): kernelized_attention(phi_q, phi_k, v, rpe_bias=b, **{name: bad})
+        with pytest.raises(TypeError, match=name): kernelized_attention(phi_q, phi_k, v, rpe_bias=b, **{name: 2 ** 20})
 
 
 # --- NaN in, NaN out: a NaN input reaches every output it feeds; only fully masked rows are 0 --------------------------
@@ -364,12 +377,16 @@ def _fm(cls):
     return cls(4, 8, seed=0)
 
 
+def _fft(f, *a, **kw):
+    with toeplitz_settings(block_bytes=256, dense_max_n=0): return f(*a, **kw)
+
+
 NAN_OPS = {
     "softmax_attention": lambda q, k, v, **kw: softmax_attention(q, k, v, **kw),
     "normalized_softmax_attention": lambda q, k, v, **kw: normalized_softmax_attention(q, k, v, **kw),
     "naive_kernelized_attention": lambda q, k, v, **kw: naive_kernelized_attention(q.exp(), k.exp(), v, **kw),
     "kernelized_attention": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, **kw),
-    "kernelized_attention_fft": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, block_bytes=256, **kw),
+    "kernelized_attention_fft": lambda q, k, v, **kw: _fft(kernelized_attention, q.exp(), k.exp(), v, **kw),
     "kernelized_softmax_attention_prf": lambda q, k, v, **kw: kernelized_softmax_attention(
         q, k, v, _fm(PositiveRandomFeatures), **kw),
     "kernelized_softmax_attention_trf": lambda q, k, v, **kw: kernelized_softmax_attention(
@@ -433,13 +450,13 @@ def _dd_inputs(n=5):
 @pytest.mark.parametrize("causal", [False, True])
 def test_double_backward_dense_rpe_path(causal):
     f = lambda fq, fk, v, b: kernelized_attention(fq, fk, v, rpe_bias=b, causal=causal)
-    assert torch.autograd.gradgradcheck(f, _dd_inputs())
+    with toeplitz_settings(dense_max_n=5): assert torch.autograd.gradgradcheck(f, _dd_inputs())
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_double_backward_fft_rpe_path_raises(causal):
     fq, fk, v, b = _dd_inputs()
-    f = lambda fq, fk, v, b: kernelized_attention(fq, fk, v, rpe_bias=b, causal=causal, block_bytes=64)
+    f = lambda fq, fk, v, b: _fft(kernelized_attention, fq, fk, v, rpe_bias=b, causal=causal)
     assert torch.autograd.gradcheck(f, (fq, fk, v, b))                     # first order is exact
     for wrt in (fq, fk, v, b):
         g, = torch.autograd.grad(f(fq, fk, v, b).square().sum(), wrt, create_graph=True)
