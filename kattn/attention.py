@@ -256,7 +256,7 @@ def kernelized_softmax_attention(q: Tensor, # [..., n, d] queries
                                  causal: bool = False, # keys j <= i only
                                  key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
                                  scale: float | None = None, # softmax logit scale; default 1/sqrt(d), split as d^-1/4 on q and k
-                                 **kwargs) -> Tensor: # [..., n, d_v]
+                                 **kwargs) -> Tensor: # [..., n, d_v]; kwargs: kernelized_attention's options (keyword only)
     "Random-feature estimate of softmax_attention(q, k, v, ...) with the same scale."
     s = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
     return kernelized_attention(feature_map(q * s, is_query=True), feature_map(k * s), v, rpe_bias, causal,
@@ -266,6 +266,7 @@ def normalized_softmax_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d],
                                  rpe_bias: Tensor | None = None, causal: bool = False,
                                  key_padding_mask: Tensor | None = None,
                                  scale: float = 1.0, # fixed logit scale (Luo: 1)
+                                 *,
                                  eps: float = 1e-6, # norm clamp
                                 ) -> Tensor: # [..., n, d_v]
     "Exact softmax(scale * q_hat.k_hat + b) v with l2-normalized q and k: what NPRF approximates."
@@ -276,6 +277,7 @@ def normalized_kernelized_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, 
                                     rpe_bias: Tensor | None = None, causal: bool = False,
                                     key_padding_mask: Tensor | None = None,
                                     scale: float = 1.0, # fixed logit scale (Luo: 1)
+                                    *,
                                     eps: float = 1e-6, # norm clamp
                                     **kwargs) -> Tensor: # [..., n, d_v]
     "Luo's normalized kernelized attention (NPRF; with rpe_bias: NPRF with RPE, Algorithm 1)."

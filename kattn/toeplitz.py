@@ -277,7 +277,7 @@ def _fft_forward(aT, bT, xT, spec, L, blocks):
 def _spectrum(c, L, batch):
     "toeplitz_spectrum(c) / L, broadcast to the batch and shaped [1, B, 1, L//2+1] for the blocks."
     spec = toeplitz_spectrum(c, L) / L                                 # once per distinct coefficient row (per head)
-    return spec.expand(*batch, spec.shape[-1]).reshape(-1, spec.shape[-1])[None, :, None, :]
+    return spec.expand(*batch, spec.shape[-1]).reshape(-1, spec.shape[-1])[None, :, None, :]   # [..., F] -> [1, B, 1, F]
 
 # %% ../nbs/00_toeplitz.ipynb #930ea79a
 def _fft_backward(G, aT, bT, xT, spec, L, blocks, need):
@@ -345,9 +345,9 @@ class _LowRankToeplitzFFT(torch.autograd.Function):
         aT, bT, xT, spec, c, a, b, x = ctx.saved_tensors
         batch, n, L, blocks = ctx.meta
         ga, gb, gx, S = _fft_backward(_layout(g, batch, False), aT, bT, xT, spec, L, blocks, ctx.needs_input_grad[1:4] + ctx.needs_input_grad[:1])
-        back = lambda t, s: None if t is None else t.permute(1, 2, 0).reshape(*batch, n, s[-1]).sum_to_size(s)
-        gx = None if gx is None else gx.transpose(-1, -2).reshape(*batch, n, x.shape[-1]).sum_to_size(x.shape)
-        gc = None if S is None else _coeff_grad(S, L, n).reshape(*batch, 2 * n - 1).sum_to_size(c.shape)
+        back = lambda t, s: None if t is None else t.permute(1, 2, 0).reshape(*batch, n, s[-1]).sum_to_size(s)  # [m, B, n] -> s
+        gx = None if gx is None else gx.transpose(-1, -2).reshape(*batch, n, x.shape[-1]).sum_to_size(x.shape)  # [B, d, n] -> x
+        gc = None if S is None else _coeff_grad(S, L, n).reshape(*batch, 2 * n - 1).sum_to_size(c.shape)  # [B, 2n-1] -> c
         return gc, back(ga, a.shape), back(gb, b.shape), gx
 
 # %% ../nbs/00_toeplitz.ipynb #14857960

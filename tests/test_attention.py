@@ -462,3 +462,38 @@ def test_double_backward_fft_rpe_path_raises(causal):
         g, = torch.autograd.grad(f(fq, fk, v, b).square().sum(), wrt, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
             torch.autograd.grad(g.square().sum(), (fq, fk, v, b), allow_unused=True)
+
+
+# --- dense/FFT switch: the same numbers on both sides, and the ops moved from the layers ---------------------------
+@pytest.mark.parametrize("n", [9, 40])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_and_fft_forms_agree_across_the_switch(n, causal):
+    phi_q, phi_k, v, b, mask = case(n, m=5, dv=3, batch=(2, 2), seed=n)
+    kw = dict(causal=causal, key_padding_mask=mask)
+    res = []
+    for switch in (n, n - 1):                                  # the crossover at n: dense; at n - 1: FFT
+        leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
+        with toeplitz_settings(dense_max_n=switch): out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], **kw)
+        res.append((out, torch.autograd.grad((out * torch.cos(out)).sum(), leaves)))
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=0, atol=1e-12)
+    for a, r in zip(res[0][1], res[1][1]): torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
+
+
+def test_dense_kernelized_attention_is_the_rpe_dense_form():
+    import kattn.layers
+    from kattn.attention import dense_kernelized_attention
+    assert kattn.layers.dense_kernelized_attention is dense_kernelized_attention    # the old import path works
+    phi_q, phi_k, v, b, mask = case(11, m=4, dv=3, batch=(2, 3), seed=3)
+    for kw in (dict(), dict(causal=True, key_padding_mask=mask)):
+        torch.testing.assert_close(dense_kernelized_attention(phi_q, phi_k, v, rpe_matrix(b), **kw),
+                                   naive_kernelized_attention(phi_q, phi_k, v, b, **kw), rtol=0, atol=1e-12)
+
+
+def test_attention_family_options_are_keyword_only():
+    import inspect
+    for f in (kernelized_attention, normalized_softmax_attention, normalized_kernelized_attention):
+        params = inspect.signature(f).parameters
+        for name in ("eps", "chunk_size", "clip"):
+            if name in params: assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (f.__name__, name)
+    assert list(inspect.signature(softmax_attention).parameters) == ["q", "k", "v", "rpe_bias", "causal", "key_padding_mask", "scale"]
+    assert list(inspect.signature(kernelized_attention).parameters)[:6] == ["phi_q", "phi_k", "v", "rpe_bias", "causal", "key_padding_mask"]
