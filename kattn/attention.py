@@ -13,8 +13,8 @@ __all__ = ['rpe_matrix', 'softmax_attention', 'naive_kernelized_attention', 'val
 import math
 import torch
 from torch import Tensor
-from .toeplitz import (lowrank_toeplitz_matmul, naive_toeplitz_matrix, _hadamard_matmul, _check_coeffs, _even,
-                            _group_bytes)
+from .toeplitz import (lowrank_toeplitz_matmul, naive_toeplitz_matrix, _hadamard_matmul, _check_coeffs, _causal_coeffs,
+                            _even, _group_bytes)
 from .features import _check_pos_int
 
 # %% ../nbs/02_attention.ipynb #af057a2a
@@ -179,10 +179,9 @@ def _causal_chunked(phi_q, phi_k, v1, chunk_size, group_bytes=None):
 
 # %% ../nbs/02_attention.ipynb #600c60c9
 def _rpe_weights(rpe_bias, causal, work):
-    "c = exp(b - max b), the max over the admissible offsets (j - i <= 0: entries :n, when causal), detached."
+    "c = exp(b - max b), the max over the admissible offsets (j - i <= 0 when causal), detached."
     b = rpe_bias.to(work)
-    n = (b.shape[-1] + 1) // 2
-    mx = (b[..., :n] if causal else b).amax(-1, keepdim=True).detach()
+    mx = (_causal_coeffs(b, -float("inf")) if causal else b).amax(-1, keepdim=True).detach()
     return torch.exp(b - mx)
 
 # %% ../nbs/02_attention.ipynb #9a02f685

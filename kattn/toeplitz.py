@@ -26,10 +26,10 @@ def _offsets(n: int, device=None) -> Tensor: # [n, n] long: idx[i, j] = (j - i) 
     i = torch.arange(n, device=device)
     return i[None, :] - i[:, None] + n - 1
 
-def _causal_coeffs(c: Tensor) -> Tensor: # [..., 2n-1], the future offsets j - i > 0 (entries n..2n-2) zeroed
-    "Coefficients of the causal (lower-triangular) Toeplitz matrix."
+def _causal_coeffs(c: Tensor, fill: float = 0.0) -> Tensor: # [..., 2n-1], the future offsets j - i > 0 (entries n..2n-2) = fill
+    "Coefficients of the causal (lower-triangular) Toeplitz matrix (fill=-inf: a bias masked for a max or a softmax)."
     n = (c.shape[-1] + 1) // 2
-    return torch.cat([c[..., :n], c.new_zeros(*c.shape[:-1], n - 1)], -1)
+    return torch.cat([c[..., :n], c.new_full((*c.shape[:-1], n - 1), fill)], -1)
 
 def _check_coeffs(name: str, c, n: int):
     "A coefficient vector (a relative bias) for n positions: a floating tensor [..., 2n-1]."
