@@ -16,6 +16,7 @@ from torch import Tensor
 from .toeplitz import (lowrank_toeplitz_matmul, naive_toeplitz_matrix, _hadamard_matmul, _check_coeffs, _causal_coeffs,
                             _even, _group_bytes)
 from .features import _check_pos_int
+from ._rules import DEN_EPS
 
 # %% ../nbs/02_attention.ipynb #af057a2a
 def _check_tensor(name, t, dtype_kind="float"):
@@ -118,7 +119,7 @@ def _prepare(phi_q, phi_k, v, key_padding_mask):
         phi_k, v1 = torch.where(keep, phi_k, zero), torch.where(keep, v1, zero)
     return phi_q, phi_k, v1
 
-_EPS = 1e-12 # the denominator guard of every kernelized op
+_EPS = DEN_EPS # the denominator guard of every kernelized op (kattn._rules: 1e-12)
 
 def _finish(out1, eps, out_dtype):
     "Split [num, den], guard the denominator, divide."

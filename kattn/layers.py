@@ -10,14 +10,14 @@ __all__ = ['ATTENTIONS', 'RelativePositionBias', 'RelativePositionBias2D', 'Soft
            'check_causality', 'convert_attention']
 
 # %% ../nbs/06_layers.ipynb #b99a3244
-import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures, _check_pos_int
-from .attention import softmax_attention, kernelized_attention, rpe_matrix, dense_kernelized_attention, _recurrent_step
+from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures
+from ._rules import NORM_EPS, allowed_mask, check_choice, check_pos_int, check_prob, l2_normalize, work_dtype
+from .attention import kernelized_attention, rpe_matrix, dense_kernelized_attention, _recurrent_step
 from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRandomizedAttention
 from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
 from .structured_rpe import t5_buckets
@@ -33,8 +33,8 @@ class RelativePositionBias(nn.Module):
                  init_std: float = 0.0, # 0: zero init (uniform positional prior)
                 ):
         super().__init__()
-        _check_pos_int("num_heads", num_heads); _check_pos_int("max_len", max_len)
-        if num_buckets is not None: _check_pos_int("num_buckets", num_buckets)
+        check_pos_int("num_heads", num_heads); check_pos_int("max_len", max_len)
+        if num_buckets is not None: check_pos_int("num_buckets", num_buckets)
         self.num_heads, self.max_len, self.num_buckets = num_heads, max_len, num_buckets
         size = 2 * max_len - 1 if num_buckets is None else num_buckets
         self.weight = nn.Parameter(torch.randn(num_heads, size) * init_std if init_std else torch.zeros(num_heads, size))
@@ -45,8 +45,7 @@ class RelativePositionBias(nn.Module):
     def forward(self, n: int, # sequence length, 1 <= n <= max_len
                ) -> Tensor: # [num_heads, 2n-1], entry (j - i) + n - 1
         "The RPE vector for length n."
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_pos_int("n", n)
         if n > self.max_len:
             raise ValueError(f"sequence length n={n} exceeds the RPE table's max_len={self.max_len}; "
                              f"build RelativePositionBias(num_heads, max_len>={n})")
@@ -63,8 +62,8 @@ class RelativePositionBias2D(nn.Module):
                  init_std: float = 0.0, # 0: zero init
                 ):
         super().__init__()
-        _check_pos_int("num_heads", num_heads)
-        h, w = grid; _check_pos_int("grid[0]", h); _check_pos_int("grid[1]", w)
+        check_pos_int("num_heads", num_heads)
+        h, w = grid; check_pos_int("grid[0]", h); check_pos_int("grid[1]", w)
         self.num_heads, self.grid = num_heads, (h, w)
         size = (2 * h - 1) * (2 * w - 1)
         self.weight = nn.Parameter(torch.randn(num_heads, size) * init_std if init_std else torch.zeros(num_heads, size))
@@ -80,13 +79,8 @@ class RelativePositionBias2D(nn.Module):
 # %% ../nbs/06_layers.ipynb #62717f1a
 def _padding_and_causal(nq, nk, causal, key_padding_mask, device):
     "Bool [..., nq, nk] admissible keys (None when all are) and bool [..., nq, 1] rows with no admissible key."
-    allowed = None
-    if causal: allowed = torch.ones(nq, nk, dtype=torch.bool, device=device).tril()
-    if key_padding_mask is not None:
-        keep = ~key_padding_mask.unsqueeze(-2)
-        allowed = keep if allowed is None else allowed & keep
-    if allowed is None: return None, None
-    return allowed, ~allowed.any(-1, keepdim=True)
+    allowed = allowed_mask(nq, nk, causal, key_padding_mask, device)
+    return (None, None) if allowed is None else (allowed, ~allowed.any(-1, keepdim=True))
 
 def _check_bias_args(nq, nk, rpe_bias, causal, attn_bias):
     "The layers' shape rules for a relative bias, causal masking and a dense bias (as in kattn.attention)."
@@ -107,9 +101,10 @@ class SoftmaxAttention(nn.Module):
     def __init__(self, dropout: float = 0.0, # dropout on attention probabilities (training only)
                  scale: float | None = None, # logit scale; default 1/sqrt(head_dim), or 1 when normalize
                  normalize: bool = False, # l2-normalize q and k first (Luo's "normalized attention", logits q^.k^)
-                 norm_eps: float = 1e-6, # clamp of the norms
+                 norm_eps: float = NORM_EPS, # clamp of the norms
                 ):
         super().__init__()
+        check_prob("dropout", dropout, allow_one=False)
         self.dropout, self.normalize, self.norm_eps = dropout, normalize, norm_eps
         self.scale = 1.0 if normalize and scale is None else scale
 
@@ -117,9 +112,7 @@ class SoftmaxAttention(nn.Module):
         "Softmax attention on [..., n, d_h] tensors; rpe_bias [..., 2n-1]; attn_bias [..., n_q, n_k] added to logits."
         nq, nk = q.shape[-2], k.shape[-2]
         _check_bias_args(nq, nk, rpe_bias, causal, attn_bias)
-        if self.normalize:
-            q = q / q.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
-            k = k / k.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
+        if self.normalize: q, k = l2_normalize(q, self.norm_eps), l2_normalize(k, self.norm_eps)
         bias = None if rpe_bias is None else rpe_matrix(rpe_bias)
         if attn_bias is not None: bias = attn_bias if bias is None else bias + attn_bias
         allowed, empty = _padding_and_causal(nq, nk, causal, key_padding_mask, q.device)
@@ -129,7 +122,7 @@ class SoftmaxAttention(nn.Module):
         if bias is None and key_padding_mask is None and nq == nk:         # causal only: the fused kernel
             return _nan_queries(q, F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale))
         auto = torch.is_autocast_enabled(q.device.type)
-        dt = torch.get_autocast_dtype(q.device.type) if auto else q.dtype
+        dt = torch.get_autocast_dtype(q.device.type) if auto and q.dtype == torch.float32 else q.dtype   # autocast leaves float64 alone
         mask = torch.zeros((), dtype=dt, device=q.device) if bias is None else bias.to(dt)
         if allowed is not None:            # rows with no admissible key attend anywhere and are zeroed below
             mask = torch.where(allowed | empty, mask, torch.tensor(float("-inf"), dtype=dt, device=q.device))
@@ -143,7 +136,7 @@ class KernelizedAttention(nn.Module):
     def __init__(self, feature_map: FeatureMap, # phi, shared by queries and keys (and by heads)
                  scale: float | None = None, # logit scale s (q, k multiplied by s**0.5); default 1/sqrt(head_dim)
                  normalize: bool = False, # l2-normalize q and k first (Luo's NPRF; then scale defaults to 1)
-                 norm_eps: float = 1e-6, # clamp of the norms
+                 norm_eps: float = NORM_EPS, # clamp of the norms
                  clip: bool | None = None, # project output rows into the values' box; None: the map's `clip_output` (TRF only)
                 ):
         super().__init__()
@@ -154,11 +147,9 @@ class KernelizedAttention(nn.Module):
     def features(self, q: Tensor, k: Tensor) -> tuple: # (phi_q [..., n_q, m], phi_k [..., n_k, m])
         "Transform and map queries and keys."
         s = (1.0 if self.normalize else q.shape[-1] ** -0.5) if self.scale is None else self.scale
-        work = torch.float64 if torch.float64 in (q.dtype, k.dtype) else torch.float32
+        work = work_dtype(q, k)
         q, k = q.to(work), k.to(work)          # scale/normalize in float32: bf16 rounding here shifts TRF phases
-        if self.normalize:
-            q = q / q.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
-            k = k / k.norm(dim=-1, keepdim=True).clamp_min(self.norm_eps)
+        if self.normalize: q, k = l2_normalize(q, self.norm_eps), l2_normalize(k, self.norm_eps)
         if s != 1.0: q, k = q * s ** 0.5, k * s ** 0.5
         return self.feature_map(q, is_query=True), self.feature_map(k)
 
@@ -207,11 +198,11 @@ def get_attention(name: str) -> AttentionSpec:
 
 # %% ../nbs/06_layers.ipynb #db771ba1
 def _softmax(head_dim, num_heads, dropout=0.0, scale=None):
-    _check_pos_int("head_dim", head_dim); _check_pos_int("num_heads", num_heads)
+    check_pos_int("head_dim", head_dim); check_pos_int("num_heads", num_heads)
     return SoftmaxAttention(dropout, scale)
 
 def _normalized_softmax(head_dim, num_heads, dropout=0.0, scale=1.0):
-    _check_pos_int("head_dim", head_dim); _check_pos_int("num_heads", num_heads)
+    check_pos_int("head_dim", head_dim); check_pos_int("num_heads", num_heads)
     return SoftmaxAttention(dropout, scale, normalize=True)
 
 def _linear_elu(head_dim, num_heads):
@@ -228,7 +219,7 @@ def _trf(head_dim, num_heads, num_features=None, orthogonal=True, redraw_interva
 def _nprf(head_dim, num_heads, num_features=None, orthogonal=False, redraw_interval=1, seed=None, scale=1.0, sphere=False,
           features="prf"):
     maps = {"prf": PositiveRandomFeatures, "trf": TrigonometricRandomFeatures}   # Luo Fig. 3b compares both
-    if features not in maps: raise ValueError(f"features must be one of {sorted(maps)}, got {features!r}")
+    check_choice("features", features, maps)
     fm = maps[features](head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed, sphere=sphere,
                         redraw_interval=redraw_interval)
     return KernelizedAttention(fm, scale=scale, normalize=True)
@@ -318,7 +309,7 @@ class MultiheadAttention(nn.Module):
                  **options, # passed to the algorithm's build (num_features, redraw_interval, seed, dropout, ...)
                 ):
         super().__init__()
-        _check_pos_int("d_model", d_model); _check_pos_int("num_heads", num_heads)
+        check_pos_int("d_model", d_model); check_pos_int("num_heads", num_heads)
         if d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         spec = get_attention(attention)
         if causal and not spec.causal: raise ValueError(f"attention {attention!r} does not support causal=True "

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import FeatureMap, _no_autocast
+from ._rules import check_choice, check_pos_int, check_tensor, work_dtype
 
 # %% ../nbs/05_learned.ipynb #cb0441f5
 def next_pow2(n: int) -> int:
     "Smallest power of two >= n (n >= 1)."
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
+    check_pos_int("n", n)
     return 1 << (n - 1).bit_length()
 
 def naive_hadamard(n: int, # size, a power of two
@@ -35,7 +36,7 @@ def fwht(x: Tensor, # [..., d] input; the last dim is zero-padded to D = next_po
          radix: int = 16, # largest butterfly size r (a power of two >= 2); 2 is the textbook transform
         ) -> Tensor: # [..., D] unnormalised transform H_D x
     "Fast Walsh-Hadamard transform (Sylvester order, unnormalised) in O(D log D): radix-r butterfly stages."
-    if not isinstance(x, Tensor): raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor("x", x, kind=None)
     if x.dim() < 1 or x.shape[-1] < 1: raise ValueError(f"x must have shape [..., d] with d >= 1, got {tuple(x.shape)}")
     if isinstance(radix, bool) or not isinstance(radix, int) or radix < 2 or radix & (radix - 1):
         raise ValueError(f"radix must be a power of two >= 2, got {radix!r}")
@@ -53,8 +54,6 @@ def fwht(x: Tensor, # [..., d] input; the last dim is zero-padded to D = next_po
 # %% ../nbs/05_learned.ipynb #6b063456
 KINDS = ("rks", "prf")
 REDRAW_POLICIES = ("never", "train", "always")
-
-def _work_dtype(x: Tensor): return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 def rks_features(proj: Tensor, # [..., n, M] projections x W^T
                  scale: float, # c, multiplies cos and sin
@@ -90,14 +89,12 @@ def official_num_features(name: str, # a registry name, e.g. "gmm_rks"
                           max_len: int | None = None, # the model's max_len: applies the code's cap min(max_len, ...)
                          ) -> int: # num_features (R or M) the official code uses
     "Feature counts of the official code per task (and, given `max_len`, with its length cap)."
-    if task not in OFFICIAL_TASKS: raise ValueError(f"task must be one of {OFFICIAL_TASKS}, got {task!r}")
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
-        raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+    check_choice("task", task, OFFICIAL_TASKS); check_pos_int("max_len", max_len, allow_none=True)
     p = pow2cast(head_dim * math.log(head_dim)) if head_dim > 1 else 1
     table = {"gmm_rks": {"text": head_dim // 2, "listops": p, "retrieval": p // 2}[task], "gmm_prf": p,
              "fastfood_rks": next_pow2(head_dim), "fastfood_prf": next_pow2(head_dim),
              "generative_rks": p, "generative_prf": (p - 1) // 2}
-    if name not in table: raise ValueError(f"name must be one of {sorted(table)}, got {name!r}")
+    check_choice("name", name, sorted(table))
     if max_len is not None:     # the code's n_dims = min(max_len + 1, ...): R = n/4 (GMM-RKS), n/2 (generator RKS), ...
         cap = {"gmm_rks": table[name] if task == "text" else max_len // 4, "gmm_prf": max_len,
                "generative_rks": max_len // 2, "generative_prf": (min(max_len, p) - 1) // 2}
@@ -121,10 +118,8 @@ class _LearnedMap(FeatureMap):
     "Common machinery of the learned maps (kind, redraw policy, head axis, dtype)."
     def __init__(self, name, head_dim, num_features, kind, smoothing, redraw_policy, stabilize, seed, redraw_interval,
                  task="text"):
-        if kind not in KINDS: raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if redraw_policy not in REDRAW_POLICIES:
-            raise ValueError(f"redraw_policy must be one of {REDRAW_POLICIES}, got {redraw_policy!r}")
-        if task not in OFFICIAL_TASKS: raise ValueError(f"task must be one of {OFFICIAL_TASKS}, got {task!r}")
+        check_choice("kind", kind, KINDS); check_choice("redraw_policy", redraw_policy, REDRAW_POLICIES)
+        check_choice("task", task, OFFICIAL_TASKS)
         valid_d = isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim >= 1
         official = official_settings(f"{name}_{kind}", head_dim, task) if valid_d else {}
         if isinstance(smoothing, str) and smoothing == "official": smoothing = official.get("smoothing")
@@ -146,7 +141,7 @@ class _LearnedMap(FeatureMap):
             raise ValueError(f"x must have shape [..., num_heads={num_heads}, n, head_dim={self.head_dim}], got {tuple(x.shape)}")
         if is_query and (self.redraw_policy == "always" or (self.redraw_policy == "train" and self.training)):
             self.redraw()
-        work = _work_dtype(x)
+        work = work_dtype(x)
         return x.to(work), work
 
     def _features(self, proj, x, is_query, scale=None):
@@ -172,10 +167,9 @@ class GMMRandomFeatures(_LearnedMap):
                  task: str = "text", # official configuration behind the defaults: "text" | "listops" | "retrieval"
                 ):
         super().__init__("gmm", head_dim, num_features, kind, smoothing, redraw_policy, stabilize, seed, redraw_interval, task)
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+        check_pos_int("num_heads", num_heads)
         self.num_heads, self.covariance = num_heads, covariance or ("full" if kind == "rks" else "diag")
-        if self.covariance not in ("full", "diag"): raise ValueError(f"covariance must be 'full' or 'diag', got {covariance!r}")
+        check_choice("covariance", self.covariance, ("full", "diag"))
         d, m = head_dim, self.num_features
         self.mean = nn.Parameter(torch.empty(num_heads, d))
         shape = (num_heads, d, d) if self.covariance == "full" else (num_heads, d)
@@ -187,15 +181,15 @@ class GMMRandomFeatures(_LearnedMap):
     @torch.no_grad()
     def reset_parameters(self, init: str = "official"): # "official" (xavier, as the code) | "gaussian" (mu=0, Sigma=I)
         "Initialise mean and covariance parameters."
+        check_choice("init", init, ("official", "gaussian"))
         cov = self.factor if self.covariance == "full" else self.log_var
         if init == "official":
             nn.init.xavier_uniform_(cov)
             fan_in = cov[0].numel() if self.covariance == "full" else cov.shape[1]
             self.mean.uniform_(-fan_in ** -0.5, fan_in ** -0.5)
-        elif init == "gaussian":
+        else:                                                                     # "gaussian"
             self.mean.zero_()
             cov.copy_(torch.eye(self.head_dim).expand_as(cov) if self.covariance == "full" else torch.zeros_like(cov))
-        else: raise ValueError(f"init must be 'official' or 'gaussian', got {init!r}")
 
     def draw(self, generator=None, device=None):
         return {"noise": torch.randn(self.num_features, self.head_dim, generator=generator, device=device)}
@@ -286,15 +280,15 @@ class FastFoodRandomFeatures(_LearnedMap):
     @torch.no_grad()
     def reset_parameters(self, init: str = "official", generator: torch.Generator | None = None):
         "Learned init N(0, 1/D) ('official') or the Gaussian-RFF values ('rff': B = +-1, G ~ N(0,1), S = chi_D/|G|)."
+        check_choice("init", init, ("official", "rff"))
         k, D = self.S.shape
         kw = dict(generator=generator, device=self.S.device)
         if init == "official":
             for p in (self.S, self.G, self.B): p.copy_(torch.randn(k, D, **kw) * D ** -0.5)
-        elif init == "rff":
+        else:                                                                     # "rff"
             self.B.copy_(torch.randint(0, 2, (k, D), **kw) * 2.0 - 1)
             self.G.copy_(torch.randn(k, D, **kw))
             self.S.copy_(torch.randn(k, D, D, **kw).norm(dim=-1) / self.G.norm(dim=-1, keepdim=True))
-        else: raise ValueError(f"init must be 'official' or 'rff', got {init!r}")
 
     def draw(self, generator=None, device=None):
         return {"perm": torch.rand(self.num_blocks, self.padded_dim, generator=generator, device=device).argsort(-1)}

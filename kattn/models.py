@@ -11,11 +11,11 @@ __all__ = ['LAYER_ORDERS', 'INIT_SCHEMES', 'TransformerConfig', 'LMConfig', 'Cla
            'DualEncoderClassifier', 'Seq2Seq', 'ViT', 'mask_tokens', 'MLMHead', 'MaskedLM']
 
 # %% ../nbs/07_models.ipynb #57a02f8b
-import math
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from ._rules import check_choice, check_prob
 from .layers import MultiheadAttention, RelativePositionBias, RelativePositionBias2D, get_attention
 
 # %% ../nbs/07_models.ipynb #8e36383d
@@ -50,7 +50,7 @@ class TransformerConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} (head_dim = d_model / num_heads >= 1)")
-        if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_prob("dropout", self.dropout, allow_one=False)
 
 @dataclass
 class LMConfig(TransformerConfig):
@@ -129,7 +129,7 @@ def paper_configs() -> dict:
 # %% ../nbs/07_models.ipynb #31ce2116
 def _act(name):
     acts = {"gelu": F.gelu, "relu": F.relu}
-    if name not in acts: raise ValueError(f"activation must be one of {sorted(acts)}, got {name!r}")
+    check_choice("activation", name, sorted(acts))
     return acts[name]
 
 class FeedForward(nn.Module):
@@ -200,7 +200,7 @@ INIT_SCHEMES = {
 }
 
 def _check_init(init):
-    if init not in INIT_SCHEMES: raise ValueError(f"init must be one of {sorted(INIT_SCHEMES)}, got {init!r}")
+    check_choice("init", init, sorted(INIT_SCHEMES))
 
 class TokenEmbedding(nn.Embedding):
     "`nn.Embedding` whose lookup is multiplied by `scale` (fairseq: sqrt(d_model))."
@@ -261,7 +261,7 @@ class Positions(nn.Module):
     "Absolute positions added to embeddings: sinusoidal, learned or none."
     def __init__(self, kind: str, max_len: int, d_model: int):
         super().__init__()
-        if kind not in ("sinusoidal", "learned", "none"): raise ValueError(f"pos_embedding must be sinusoidal/learned/none, got {kind!r}")
+        check_choice("pos_embedding", kind, ("sinusoidal", "learned", "none"))
         self.kind, self.max_len = kind, max_len
         if kind == "sinusoidal": self.register_buffer("pe", sinusoidal_positions(max_len, d_model), persistent=False)
         if kind == "learned": self.pe = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
@@ -285,7 +285,7 @@ class TransformerStack(nn.Module):
         self.cfg, self.causal = cfg, causal
         self.embed = _embedding(cfg) if embed else None
         self.pos, self.drop = Positions(cfg.pos_embedding, cfg.max_len, cfg.d_model), nn.Dropout(cfg.dropout)
-        if cfg.layer_order not in LAYER_ORDERS: raise ValueError(f"layer_order must be one of {LAYER_ORDERS}, got {cfg.layer_order!r}")
+        check_choice("layer_order", cfg.layer_order, LAYER_ORDERS)
         rpe = _layer_rpe(cfg, cfg.attention, cfg.num_heads)
         self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout, cfg.attention, causal, rpe,
                                                  cfg.max_len, cfg.activation, _proj_bias(cfg), cfg.layer_order == "renorm",
@@ -359,7 +359,7 @@ class PooledEncoder(nn.Module):
     "Encoder + pooling: ids [B, n] -> [B, d_model] (CLS token or masked mean)."
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
-        if cfg.pooling not in ("cls", "mean"): raise ValueError(f"pooling must be 'cls' or 'mean', got {cfg.pooling!r}")
+        check_choice("pooling", cfg.pooling, ("cls", "mean"))
         self.cfg, self.body = cfg, TransformerStack(cfg)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pooling == "cls" else None
 
@@ -392,7 +392,7 @@ class DualEncoderClassifier(nn.Module):
     "LRA Retrieval: a shared encoder on two documents, a head on their interaction -> logits [B, num_classes]."
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
-        if cfg.interaction not in ("concat", "nli"): raise ValueError(f"interaction must be 'concat' or 'nli', got {cfg.interaction!r}")
+        check_choice("interaction", cfg.interaction, ("concat", "nli"))
         self.cfg, self.encoder = cfg, PooledEncoder(cfg)
         self.head = _mlp(cfg.d_model * (2 if cfg.interaction == "concat" else 4), cfg.head_hidden, cfg.num_classes, cfg.dropout)
         init_weights(self, cfg.init)
@@ -493,7 +493,7 @@ class ViT(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.image_size % cfg.patch_size: raise ValueError(f"image_size={cfg.image_size} must be divisible by patch_size={cfg.patch_size}")
-        if cfg.pooling not in ("cls", "mean"): raise ValueError(f"pooling must be 'cls' or 'mean', got {cfg.pooling!r}")
+        check_choice("pooling", cfg.pooling, ("cls", "mean"))
         g = cfg.image_size // cfg.patch_size
         self.cfg, self.grid = cfg, (g, g)
         self.patch = nn.Conv2d(cfg.in_channels, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
@@ -526,7 +526,7 @@ def mask_tokens(ids: Tensor, # [B, n] token ids
                 generator: torch.Generator | None = None,
                ) -> tuple: # (inputs [B, n], labels [B, n] with -100 where not predicted)
     "BERT masking: choose prob of positions; 80% -> mask_id, 10% -> random token, 10% unchanged."
-    if not 0.0 <= prob <= 1.0: raise ValueError(f"prob must be in [0, 1] (the fraction of positions predicted), got {prob}")
+    check_prob("prob", prob)
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     chosen = u < prob if special is None else (u < prob) & ~special
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))

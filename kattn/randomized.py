@@ -15,14 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import gaussian_draws
+from ._rules import allowed_mask, check_choice, check_pos_int, check_tensor, to_work, work_dtype
 
 # %% ../nbs/04_randomized.ipynb #807d625c
 def _check_qkv(q, k, v, key_padding_mask=None, fn="attention"):
     "Validate q [..., n, d], k [..., m, d], v [..., m, dv] and a bool key_padding_mask [..., m]."
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, Tensor): raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point(): raise TypeError(f"{fn}: {name} must be floating point, got {x.dtype}")
-        if x.dim() < 2: raise ValueError(f"{fn}: {name} must have shape [..., n, d], got {tuple(x.shape)}")
+    for name, x in (("q", q), ("k", k), ("v", v)): check_tensor(name, x, shape="[..., n, d]", fn=fn)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"{fn}: q [..., n, d] and k [..., m, d] need the same d, got {tuple(q.shape)} and {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
@@ -39,8 +37,7 @@ def _check_qkv(q, k, v, key_padding_mask=None, fn="attention"):
 def _check_mask(mask, length, name, letter, fn, batch=None):
     "A padding mask must be None or a bool tensor [..., length] whose batch dims broadcast with `batch`."
     if mask is None: return
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"{fn}: {name} must be a bool tensor [..., {letter}] (True = ignore), got {mask!r:.60}")
+    check_tensor(name, mask, "bool", fn=fn)
     if mask.dim() < 1 or mask.shape[-1] != length:
         raise ValueError(f"{fn}: {name} must have shape [..., {letter}] with {letter} = {length}, got {tuple(mask.shape)}")
     if batch is not None:
@@ -48,12 +45,6 @@ def _check_mask(mask, length, name, letter, fn, batch=None):
         except RuntimeError:
             raise ValueError(f"{fn}: {name} [..., {letter}] has batch dims {tuple(mask.shape[:-1])} that do not broadcast with "
                              f"the batch dims {tuple(batch)} of q, k, v; pass [..., {letter}] with equal batch dims, 1, or none") from None
-
-def _check_int(name, v, fn, allow_none=False):
-    "v must be an int >= 1 (or None when allow_none)."
-    if v is None and allow_none: return
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{fn}: {name} must be an int >= 1{' or None' if allow_none else ''}, got {v!r}")
 
 def _scaled(q, k, scale):
     "Scale q and k by sqrt(scale) (default scale 1/sqrt(d)); return (qs, ks, scale)."
@@ -70,18 +61,8 @@ def _noise_std(noise, s, name="noise"):
 
 def _keep(key_padding_mask, causal, n, m, device):
     "Bool [..., n, m] mask of allowed (query, key) pairs, or None when all are allowed."
-    keep = None
-    if causal:
-        if n != m: raise ValueError(f"causal=True needs as many queries as keys, got n={n}, m={m}")
-        keep = torch.ones(n, m, dtype=torch.bool, device=device).tril()
-    if key_padding_mask is not None:
-        kp = ~key_padding_mask.unsqueeze(-2)
-        keep = kp if keep is None else keep & kp
-    return keep
-
-def _w(x):
-    "x in its working precision: float64 stays, everything else becomes float32."
-    return x if x.dtype == torch.float64 else x.float()
+    if causal and n != m: raise ValueError(f"causal=True needs as many queries as keys, got n={n}, m={m}")
+    return allowed_mask(n, m, causal, key_padding_mask, device)
 
 def _exp_sum(x, dim):
     "exp(x - m) and its sum along dim, with m the (detached, finite) max: the shared part of softmax/logsumexp."
@@ -129,7 +110,7 @@ def log_features(x: Tensor, # [..., n, d] (scaled) inputs
                  omega: Tensor, # [..., S, d] draws, broadcast over batch dims
                 ) -> Tensor: # [..., n, S], log xi(x_n, omega_s) = omega_s.x_n - |x_n|^2/2
     "Log of the positive random feature $\\xi(x,\\omega)=\\exp(\\omega^\\top x-\\|x\\|^2/2)$, computed in float32 or wider."
-    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    x = to_work(x)
     with torch.autocast(x.device.type, enabled=False):
         return x @ omega.to(x.dtype).transpose(-1, -2) - 0.5 * x.square().sum(-1, keepdim=True)
 
@@ -152,7 +133,7 @@ def naive_rfa(q: Tensor, k: Tensor, v: Tensor, # [n, d], [m, d] scaled; [m, dv]
 
 def naive_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [m, d] scaled; [m, dv]
                mu: Tensor, omega: Tensor, # [C, d] proposal means and one draw per proposal
-               qbar: Tensor, gamma: float = 1.0, # [C, d] scaled query landmarks; weight of the r correction
+               qbar: Tensor, *, gamma: float = 1.0, # [C, d] scaled query landmarks; weight of the r correction
               ) -> Tensor: # [n, dv]
     "LARA as SNIS with MIS weights, densities written out (float64, small inputs)."
     C, d = mu.shape
@@ -174,27 +155,30 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
                          num_samples: int = 1, # S draws per query, averaged
                          generator: torch.Generator | None = None, # for the draws (on q's device)
                          scale: float | None = None, # logit scale, default 1/sqrt(d)
-                         key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
                          causal: bool = False, # key m contributes to query n only when m <= n
+                         key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
+                         *,
                          noise: str | float = "exact", # 'exact' (unbiased), 'released' (official code), or a std (0: no Gaussian noise)
                          deterministic: bool = False, # omega = q + E_pi[k], no randomness (biased)
                          seed: int | None = None, # counter-based draws, fixed by (seed, sample, query and key position); excludes generator
                         ) -> Tensor: # [..., n, dv], unbiased for softmax_attention unless noise/deterministic say otherwise
     "RA: average of $f_n(\\omega)$ over exact draws from the Gaussian mixture $p_n$ (quadratic cost)."
     _check_qkv(q, k, v, key_padding_mask, "randomized_attention")
-    if not isinstance(num_samples, int) or num_samples < 1: raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    check_pos_int("num_samples", num_samples)
     if seed is not None:
         if generator is not None: raise ValueError("randomized_attention: pass a generator or a seed, not both")
         _counter_uniform(seed)                                                      # validates the seed
     qs, ks, s = _scaled(q, k, scale)
     std = _noise_std(noise, s)
     keep = _keep(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device)
-    logits = _w(qs @ ks.transpose(-1, -2))                                   # [..., n, m]
-    flog0 = -0.5 * _w(ks).square().sum(-1).unsqueeze(-2)                       # -|k|^2/2, [..., 1, m]
+    with torch.autocast(q.device.type, enabled=False):                             # logits decide the draws: fp32 or wider
+        logits = to_work(qs) @ to_work(ks).transpose(-1, -2)                       # [..., n, m]
+    flog0 = -0.5 * to_work(ks).square().sum(-1).unsqueeze(-2)                       # -|k|^2/2, [..., 1, m]
     if keep is not None: logits, flog0 = logits.masked_fill(~keep, -math.inf), flog0.masked_fill(~keep, -math.inf)
     if deterministic:
         omega = qs + _softmax0(logits, -1).to(ks.dtype) @ ks                       # the code's num_samples=-1
-        return _softmax0(_w(omega) @ _w(ks).transpose(-1, -2) + flog0, -1).to(v.dtype) @ v
+        with torch.autocast(q.device.type, enabled=False): fl = to_work(omega) @ to_work(ks).transpose(-1, -2) + flog0
+        return _softmax0(fl, -1).to(v.dtype) @ v
     n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
     i_n, i_m, i_d = (torch.arange(x, device=q.device) for x in (n, m, d))
     out = 0
@@ -205,7 +189,8 @@ def randomized_attention(q: Tensor, # [..., n, d] queries
         omega = qs + torch.take_along_dim(ks, idx, dim=-2)                          # [..., n, d]
         if seed is None: omega = omega + std * torch.randn(qs.shape, generator=generator, device=q.device, dtype=qs.dtype)
         elif std: omega = omega + std * _counter_normal(seed, smp, i_n[:, None], i_d).to(qs.dtype)
-        fl = _w(omega) @ _w(ks).transpose(-1, -2) + flog0                # log xi(k_m, w_n) + const
+        with torch.autocast(q.device.type, enabled=False):
+            fl = to_work(omega) @ to_work(ks).transpose(-1, -2) + flog0            # log xi(k_m, w_n) + const
         out = out + _softmax0(fl, -1).to(v.dtype) @ v
     return out / num_samples
 
@@ -237,19 +222,20 @@ def rfa_attention(q: Tensor, # [..., n, d] queries
                   num_samples: int, # S shared draws omega_s ~ N(0, I)
                   generator: torch.Generator | None = None, # for the draws (on q's device)
                   scale: float | None = None, # logit scale, default 1/sqrt(d)
-                  key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
                   causal: bool = False, # key m contributes to query n only when m <= n
+                  key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
+                  *,
                   omega: Tensor | None = None, # [..., S, d] draws to use instead of sampling (scaled space)
                   orthogonal: bool = False, # orthogonal draws (Performer's ORF) instead of iid
                   chunk_size: int = 64, # L for the causal path
                  ) -> Tensor: # [..., n, dv]
     "RFA (positive random features) computed as self-normalized importance sampling in log space."
     _check_qkv(q, k, v, key_padding_mask, "rfa_attention")
-    _check_int("chunk_size", chunk_size, "rfa_attention")
+    check_pos_int("chunk_size", chunk_size, fn="rfa_attention")
     if omega is None:
-        if not isinstance(num_samples, int) or num_samples < 1: raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        check_pos_int("num_samples", num_samples)
         omega = gaussian_draws(num_samples, q.shape[-1], orthogonal, generator=generator, device=q.device,
-                               dtype=torch.float64 if q.dtype == torch.float64 else torch.float32).to(q.device)
+                               dtype=work_dtype(q)).to(q.device)
     elif omega.shape[-1] != q.shape[-1]: raise ValueError(f"omega must have shape [..., S, d] with d = {q.shape[-1]}, got {tuple(omega.shape)}")
     qs, ks, _ = _scaled(q, k, scale)
     lq, lk = log_features(qs, omega), log_features(ks, omega)                     # [..., n, S], [..., m, S]
@@ -276,6 +262,7 @@ def official_performer_attention(q: Tensor, # [..., n, d] queries
                                  generator: torch.Generator | None = None, # for the draws (on q's device)
                                  scale: float | None = None, # logit scale, default 1/sqrt(d): features of s**0.5 * x
                                  key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
+                                 *,
                                  omega: Tensor | None = None, # [..., S, d] projections to use, e.g. [H, S, d] per head
                                  orthogonal: bool = False, # orthogonal draws (the official eval matrix) instead of iid (training)
                                  feature_eps: float = 1e-4, # added to every feature (official favorp eps)
@@ -288,13 +275,13 @@ def official_performer_attention(q: Tensor, # [..., n, d] queries
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0: raise ValueError(f"{fn}: {name} must be a float >= 0, got {x!r}")
     d = q.shape[-1]
     if omega is None:
-        _check_int("num_features", num_features, fn)
+        check_pos_int("num_features", num_features, fn=fn)
         omega = gaussian_draws(num_features, d, orthogonal, generator=generator, device=q.device,
-                               dtype=torch.float64 if q.dtype == torch.float64 else torch.float32).to(q.device)
+                               dtype=work_dtype(q)).to(q.device)
     elif omega.dim() < 2 or omega.shape[-1] != d: raise ValueError(f"{fn}: omega must have shape [..., S, d] with d = {d}, got {tuple(omega.shape)}")
     qs, ks, _ = _scaled(q, k, scale)
     with torch.autocast(q.device.type, enabled=False):                              # features and sums in fp32 (or fp64)
-        qs, ks = _w(qs), _w(ks); om = omega.to(qs.dtype).transpose(-1, -2); S = om.shape[-1]
+        qs, ks = to_work(qs), to_work(ks); om = omega.to(qs.dtype).transpose(-1, -2); S = om.shape[-1]
         def phi(x, dims, pad=None):
             dash = x @ om                                                            # [..., n, S]
             c = dash.detach() if pad is None else dash.detach().masked_fill(pad.unsqueeze(-1), -math.inf)
@@ -302,7 +289,7 @@ def official_performer_attention(q: Tensor, # [..., n, d] queries
             return S ** -0.5 * torch.exp(dash - 0.5 * x.square().sum(-1, keepdim=True) - c) + feature_eps
         pq, pk = phi(qs, -1), phi(ks, (-1, -2), key_padding_mask)
         if key_padding_mask is not None: pk = pk.masked_fill(key_padding_mask.unsqueeze(-1), 0)
-        num = pq @ (pk.transpose(-1, -2) @ _w(v))
+        num = pq @ (pk.transpose(-1, -2) @ to_work(v))
         den = pq @ pk.sum(-2).unsqueeze(-1)                                           # [..., n, 1]
         return (num / den.clamp_min(denom_min)).to(v.dtype)
 
@@ -318,8 +305,7 @@ def _segments(valid, C):
 
 def _check_chunk_size(chunk_size, n, C, fn):
     "Causal chunks of chunk_size valid positions: one proposal per chunk, so n positions need C >= ceil(n / chunk_size)."
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"{fn}: chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+    check_pos_int("chunk_size", chunk_size, allow_none=True, fn=fn)
     if -(-n // chunk_size) > C:
         raise ValueError(f"{fn}: num_proposals={C} is too small for causal chunks: n={n} positions in chunks of chunk_size="
                          f"{chunk_size} need one proposal per chunk, num_proposals >= {-(-n // chunk_size)}")
@@ -333,13 +319,14 @@ def _causal_segments(valid, C, chunk_size):
 def lara_landmarks(q: Tensor, k: Tensor, # [..., n, d], [..., m, d]
                    num_proposals: int, # C: exactly C landmark rows (absent ones have valid = False)
                    key_padding_mask: Tensor | None = None, # [..., m] True = padding (excluded from means); also the queries' when n == m
+                   *,
                    grid: tuple | None = None, # (H, W): 2D adaptive pooling to g x g, C = g^2 (n == m == H*W)
                    chunk_size: int | None = None, # causal: landmark c = mean of the c-th run of chunk_size valid positions
                    query_padding_mask: Tensor | None = None, # [..., n] True = padding; used when n != m
                   ) -> tuple: # (qbar [..., C, d], kbar [..., C, d], valid [..., C] bool)
     "Pooled query/key landmarks: 1D segment means over valid tokens, 2D grid pooling, or causal chunk means."
     C, n, m = num_proposals, q.shape[-2], k.shape[-2]
-    if not isinstance(C, int) or isinstance(C, bool) or C < 1: raise ValueError(f"num_proposals must be an int >= 1, got {C!r}")
+    check_pos_int("num_proposals", C)
     _check_mask(key_padding_mask, m, "key_padding_mask", "m", "lara_landmarks")
     _check_mask(query_padding_mask, n, "query_padding_mask", "n", "lara_landmarks")
     if grid is not None:
@@ -373,7 +360,7 @@ def _lara_alpha_logw(qs, mu, omega, lq, lk, qbar, pvalid, gamma, qvalid):
     bh = (own - _lse(lmu, -2)).exp()                                      # balance heuristic
     alpha = bh.unsqueeze(-2)
     if gamma:
-        rl = (_w(qs) @ _w(qbar).transpose(-1, -2)).masked_fill(~qvalid.unsqueeze(-1), -math.inf)
+        rl = (to_work(qs) @ to_work(qbar).transpose(-1, -2)).masked_fill(~qvalid.unsqueeze(-1), -math.inf)
         r = _softmax0(rl, -2)                                                        # over queries
         nv = pvalid.to(r.dtype).sum(-1, keepdim=True).unsqueeze(-1)
         rc = r - (r * pvalid.unsqueeze(-2)).sum(-1, keepdim=True) / nv
@@ -396,13 +383,13 @@ def _causal_lara(qs, ks, v, omega, mu, qbar, pvalid, gamma, L, key_padding_mask)
     av_t, bh_t = avail[..., chunk, :], bh[..., chunk, :]                              # [..., n, C]
     alpha = bh_t
     if gamma:
-        r = _softmax0((_w(qs) @ _w(qbar).transpose(-1, -2)).masked_fill(~av_t, -math.inf), -1)
+        r = _softmax0((to_work(qs) @ to_work(qbar).transpose(-1, -2)).masked_fill(~av_t, -math.inf), -1)
         avf = av_t.to(r.dtype)
         alpha = alpha + gamma * (r - avf / avf.sum(-1, keepdim=True).clamp_min(1))
     lw = (alpha.clamp_min(1e-8).log() + lq - own.unsqueeze(-2)).masked_fill(~av_t, -math.inf)
     lw, lk, vv = _pad_to(lw, n2, value=-math.inf), _pad_to(lk, n2, value=-math.inf), _pad_to(v, n2)
     qb, kb = _pad_to(qs, n2).reshape(*B, nb, L, d), _pad_to(ks, n2).reshape(*B, nb, L, d)
-    intra = _w(qb) @ _w(kb).transpose(-1, -2)
+    intra = to_work(qb) @ to_work(kb).transpose(-1, -2)
     km = torch.ones(L, L, dtype=torch.bool, device=qs.device).tril()
     if key_padding_mask is not None: km = km & ~_pad_to(key_padding_mask.unsqueeze(-1), n2, value=True).reshape(*key_padding_mask.shape[:-1], nb, 1, L)
     return _causal_mix(lw, lk, vv, intra.masked_fill(~km, -math.inf), L)[..., :n, :]
@@ -441,8 +428,9 @@ def lara_attention(q: Tensor, # [..., n, d] queries
                    num_proposals: int, # C proposal slots, honoured exactly (a perfect square with grid; >= ceil(n / chunk_size) with chunk_size)
                    generator: torch.Generator | None = None, # for the proposal noise (on q's device)
                    scale: float | None = None, # logit scale, default 1/sqrt(d)
-                   key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
                    causal: bool = False, # causal LARA (exact inside a chunk, LARA over completed chunks)
+                   key_padding_mask: Tensor | None = None, # [..., m] bool, True = ignore that key
+                   *,
                    gamma: float = 1.0, # weight of the query-dependent MIS correction (official: 1 text, 2 vision)
                    training: bool = True, # draw omega = mu + noise; False: omega = mu (deterministic)
                    noise: str | float = "exact", # 'exact' std 1 (scaled space), 'released' (official code), or a std
@@ -458,16 +446,17 @@ def lara_attention(q: Tensor, # [..., n, d] queries
     "LARA: self-normalized multiple importance sampling with C shared Gaussian proposals, in log space, O(C n d)."
     batch = _check_qkv(q, k, v, key_padding_mask, "lara_attention")
     C, n, m = num_proposals, q.shape[-2], k.shape[-2]
-    if not isinstance(C, int) or isinstance(C, bool) or C < 1: raise ValueError(f"num_proposals must be an int >= 1, got {C!r}")
+    check_pos_int("num_proposals", C)
     _check_mask(query_padding_mask, n, "query_padding_mask", "n", "lara_attention", batch)
-    _check_int("chunk_size", chunk_size, "lara_attention", allow_none=True)
+    check_pos_int("chunk_size", chunk_size, True, "lara_attention")
     if causal:
         if grid is not None: raise ValueError("causal=True does not support grid pooling")
         if n != m: raise ValueError(f"lara_attention with causal=True needs n == m, got n={n}, m={m}")
         if query_padding_mask is not None: raise ValueError("lara_attention: with causal=True, key_padding_mask marks the padded positions; do not pass query_padding_mask")
         if chunk_size is not None: _check_chunk_size(chunk_size, n, C, "lara_attention")
     if landmarks is None:
-        landmarks = lara_landmarks(q, k, C, key_padding_mask, grid, chunk_size if causal else None, query_padding_mask)
+        landmarks = lara_landmarks(q, k, C, key_padding_mask=key_padding_mask, grid=grid, chunk_size=chunk_size if causal else None,
+                                   query_padding_mask=query_padding_mask)
     qbar, kbar = landmarks[:2]
     pvalid = landmarks[2] if len(landmarks) > 2 else torch.ones(qbar.shape[-2], dtype=torch.bool, device=q.device)
     d = q.shape[-1]
@@ -499,6 +488,7 @@ def lara_attention(q: Tensor, # [..., n, d] queries
 def naive_causal_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [n, d] unscaled (scale 1/sqrt(d)); [n, dv]
                       chunk_size: int | None, # L: segments [cL, (c+1)L); None: the num_proposals segments of the 1D split
                       omega: Tensor, # [C, d] one draw per segment proposal (scaled space), C = ceil(n/L) or num_proposals
+                      *,
                       gamma: float = 1.0, # weight of the r correction (r normalized over available proposals)
                       num_proposals: int | None = None, # C when chunk_size is None
                      ) -> Tensor: # [n, dv]
@@ -524,7 +514,7 @@ def naive_causal_lara(q: Tensor, k: Tensor, v: Tensor, # [n, d], [n, d] unscaled
 # %% ../nbs/04_randomized.ipynb #8e09f414
 class RandomizedAttention(nn.Module):
     "RA as an attention core: q, k, v [..., n, d] -> [..., n, dv]; quadratic; no parameters; fixed, reproducible draws at eval."
-    def __init__(self, head_dim: int, num_samples: int = 1,
+    def __init__(self, head_dim: int, num_samples: int = 1, *,
                  noise: str | float = "exact", # training noise: 'exact', 'released' or a std
                  eval_mode: str = "sample", # eval: 'sample' (a component per query, as the official code) or 'mean' (deterministic)
                  scale: float | None = None,
@@ -532,31 +522,30 @@ class RandomizedAttention(nn.Module):
                  eval_seed: int = 0, # eval draws are counter-based: a fixed function of (eval_seed, sample, positions)
                 ):
         super().__init__()
-        if eval_mode not in ("sample", "mean"): raise ValueError(f"eval_mode must be 'sample' or 'mean', got {eval_mode!r}")
+        check_choice("eval_mode", eval_mode, ("sample", "mean"))
         _noise_std(noise, 1.0, "noise"); _noise_std(eval_noise, 1.0, "eval_noise")
         if not isinstance(eval_seed, int) or isinstance(eval_seed, bool) or not 0 <= eval_seed < 1 << 63:
             raise ValueError(f"eval_seed must be an int in [0, 2**63), got {eval_seed!r}")
         self.head_dim, self.num_samples, self.noise, self.eval_mode, self.scale = head_dim, num_samples, noise, eval_mode, scale
         self.eval_noise, self.eval_seed = eval_noise, eval_seed
-    def forward(self, q, k, v, key_padding_mask=None, causal=False, generator=None):
-        if self.training:
-            return randomized_attention(q, k, v, self.num_samples, generator, self.scale, key_padding_mask, causal, self.noise)
-        if self.eval_mode == "mean":
-            return randomized_attention(q, k, v, self.num_samples, None, self.scale, key_padding_mask, causal, deterministic=True)
-        return randomized_attention(q, k, v, self.num_samples, generator, self.scale, key_padding_mask, causal, self.eval_noise,
-                                    seed=self.eval_seed if generator is None else None)
+    def forward(self, q, k, v, causal=False, key_padding_mask=None, *, generator=None):
+        kw = dict(scale=self.scale, causal=causal, key_padding_mask=key_padding_mask)
+        if self.training: return randomized_attention(q, k, v, self.num_samples, generator, noise=self.noise, **kw)
+        if self.eval_mode == "mean": return randomized_attention(q, k, v, self.num_samples, deterministic=True, **kw)
+        return randomized_attention(q, k, v, self.num_samples, generator, noise=self.eval_noise,
+                                    seed=self.eval_seed if generator is None else None, **kw)
 
 class RandomFeatureAttention(nn.Module):
     "RFA as an attention core: fresh iid draws in training, a fixed orthogonal buffer at eval; one draw for all heads, or one per head."
-    def __init__(self, head_dim: int, num_samples: int = 64, seed: int | None = None, redraw: bool = True, scale: float | None = None,
+    def __init__(self, head_dim: int, num_samples: int = 64, *, seed: int | None = None, redraw: bool = True, scale: float | None = None,
                  chunk_size: int = 64,
                  num_heads: int | None = None, # None: one draw shared by all heads and batch elements; H: a draw per head (official), q [..., H, n, d]
                  estimator: str = "snis", # 'snis': exact PRF ratio (rfa_attention); 'official': official_performer_attention (bidirectional)
                 ):
         super().__init__()
         fn = "RandomFeatureAttention"
-        _check_int("num_samples", num_samples, fn); _check_int("chunk_size", chunk_size, fn); _check_int("num_heads", num_heads, fn, allow_none=True)
-        if estimator not in ("snis", "official"): raise ValueError(f"{fn}: estimator must be 'snis' or 'official', got {estimator!r}")
+        check_pos_int("num_samples", num_samples, fn=fn); check_pos_int("chunk_size", chunk_size, fn=fn); check_pos_int("num_heads", num_heads, True, fn)
+        check_choice("estimator", estimator, ("snis", "official"), fn)
         self.head_dim, self.num_samples, self.redraw, self.scale, self.chunk_size = head_dim, num_samples, redraw, scale, chunk_size
         self.num_heads, self.estimator = num_heads, estimator
         self.register_buffer("omega", self._draw(True, None if seed is None else torch.Generator().manual_seed(seed)))
@@ -564,7 +553,7 @@ class RandomFeatureAttention(nn.Module):
         "[S, d], or [H, S, d] with num_heads: every head's draw comes from the same generator in turn."
         one = lambda: gaussian_draws(self.num_samples, self.head_dim, orthogonal, generator=generator, device=device)
         return one() if self.num_heads is None else torch.stack([one() for _ in range(self.num_heads)])
-    def forward(self, q, k, v, key_padding_mask=None, causal=False, generator=None):
+    def forward(self, q, k, v, causal=False, key_padding_mask=None, *, generator=None):
         H = self.num_heads
         if H is not None and (q.dim() < 3 or q.shape[-3] != H):
             raise ValueError(f"RandomFeatureAttention(num_heads={H}): q must have shape [..., H, n, d] with H = {H}, got {tuple(q.shape)}")
@@ -572,28 +561,29 @@ class RandomFeatureAttention(nn.Module):
         if self.estimator == "official":
             if causal: raise ValueError("RandomFeatureAttention: estimator='official' (the official Performer) is bidirectional; use estimator='snis' with causal=True")
             return official_performer_attention(q, k, v, scale=self.scale, key_padding_mask=key_padding_mask, omega=omega)
-        return rfa_attention(q, k, v, self.num_samples, scale=self.scale, key_padding_mask=key_padding_mask, causal=causal,
+        return rfa_attention(q, k, v, self.num_samples, scale=self.scale, causal=causal, key_padding_mask=key_padding_mask,
                              omega=omega, chunk_size=self.chunk_size)
 
 class LinearRandomizedAttention(nn.Module):
     "LARA as an attention core with the official learnable proposal landmarks (Linear + LayerNorm, shared by heads)."
-    def __init__(self, head_dim: int, num_proposals: int = 16, gamma: float = 1.0, learned: bool = True, mix_keys: bool = False,
+    def __init__(self, head_dim: int, num_proposals: int = 16, *, gamma: float = 1.0, learned: bool = True, mix_keys: bool = False,
                  grid: tuple | None = None, noise: str | float = "exact", chunk_size: int | None = None, scale: float | None = None):
         super().__init__()
-        _check_int("chunk_size", chunk_size, "LinearRandomizedAttention", allow_none=True)
+        check_pos_int("chunk_size", chunk_size, True, "LinearRandomizedAttention")
         self.head_dim, self.num_proposals, self.gamma, self.learned, self.mix_keys = head_dim, num_proposals, gamma, learned, mix_keys
         self.grid, self.noise, self.chunk_size, self.scale = grid, noise, chunk_size, scale
         if learned:
             self.q_proj, self.k_proj = nn.Linear(head_dim, head_dim), nn.Linear(head_dim, head_dim)
             self.q_norm, self.k_norm = nn.LayerNorm(head_dim), nn.LayerNorm(head_dim)
             for lin in (self.q_proj, self.k_proj): nn.init.trunc_normal_(lin.weight, std=0.02); nn.init.zeros_(lin.bias)
-    def forward(self, q, k, v, key_padding_mask=None, causal=False, generator=None):
+    def forward(self, q, k, v, causal=False, key_padding_mask=None, *, generator=None):
         C, L = self.num_proposals, self.chunk_size if causal else None
-        qb, kb, valid = lara_landmarks(q, k, C, key_padding_mask, self.grid, L)
+        qb, kb, valid = lara_landmarks(q, k, C, key_padding_mask=key_padding_mask, grid=self.grid, chunk_size=L)
         if self.learned: qb, kb = self.q_norm(self.q_proj(qb)), self.k_norm(self.k_proj(kb))
         if self.mix_keys:                                           # 'pool-mixed': self-attention among key landmarks
             a = (kb @ kb.transpose(-1, -2)) * (self.scale or self.head_dim ** -0.5)
             ok = valid.unsqueeze(-2) & (torch.ones_like(a, dtype=torch.bool).tril() if causal else True)
             kb = _softmax0(a.masked_fill(~ok, -math.inf), -1).to(kb.dtype) @ kb
-        return lara_attention(q, k, v, C, generator, self.scale, key_padding_mask, causal, self.gamma, self.training,
-                              self.noise, self.grid, L, (qb, kb, valid))
+        return lara_attention(q, k, v, C, generator, scale=self.scale, causal=causal, key_padding_mask=key_padding_mask,
+                              gamma=self.gamma, training=self.training, noise=self.noise, grid=self.grid, chunk_size=L,
+                              landmarks=(qb, kb, valid))

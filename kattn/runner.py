@@ -520,6 +520,7 @@ SUITE = [
     ("mlm_finetune", {}),             # Luo Table 1: masked-LM pre-training, fine-tuning on stand-in tasks
     ("image_classification", {}),     # Luo Table 4 / Zheng ImageNet: a ViT on Fashion-MNIST, nine attentions
     ("sparsity", {}),                 # Chowdhury: accuracy vs K signal tokens, learned maps / Performer / softmax
+    ("lra", {}),                      # Zheng App. I.2 / Chowdhury §3: five LRA-shaped tasks x 13 attentions
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
 ]
 

@@ -14,7 +14,7 @@ __all__ = ['TrainConfig', 'lr_factor', 'make_optimizer', 'setup_distributed', 'd
 # %% ../nbs/09_train.ipynb #bc2565fa
 import copy, hashlib, io, json, math, os, random, sys, time
 from contextlib import nullcontext
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 from ._progress import report
+from ._rules import check_choice, check_pos_int
 from .features import step_feature_maps
 
 # %% ../nbs/09_train.ipynb #f0630213
@@ -72,7 +73,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if cfg.optimizer not in opts: raise ValueError(f"optimizer must be one of {sorted(opts)}, got {cfg.optimizer!r}")
+    check_choice("optimizer", cfg.optimizer, sorted(opts))
     return opts[cfg.optimizer](groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 # %% ../nbs/09_train.ipynb #5ce886e1
@@ -393,8 +394,7 @@ def translate(model: nn.Module, # a `kattn.models.Seq2Seq`
              ) -> list: # one list of target ids per source, without BOS/EOS, in input order
     "Decode every source with beam search (or greedily), in eval mode; results in the input order."
     from kattn.data.batching import pad_batch
-    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1: raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1: raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_pos_int("beam_size", beam_size); check_pos_int("batch_size", batch_size)
     srcs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sources]
     if any(len(s) == 0 for s in srcs): raise ValueError("sources must not contain an empty sequence")
     was, dev, cap = model.training, next(model.parameters()).device, model.cfg.max_len
@@ -471,7 +471,7 @@ def fit_in_processes(model: nn.Module, cfg: TrainConfig, train_data: Dataset,
                      collate_fn: Callable | None = None, # DataLoader collate (module-level when nproc > 1)
                     ) -> list: # per-step records of rank 0
     "Train `model` in place: in this process, or under `torchrun` with `nproc` DDP processes whose result is loaded back."
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1: raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    check_pos_int("nproc", nproc)
     if nproc == 1: return Trainer(model, cfg, train_data, loss_fn=loss_fn, collate_fn=collate_fn).fit()
     import subprocess, tempfile
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,28 @@
-"Shared test setup: the dense/FFT crossover never comes from (or goes to) the user's real cache."
+"Shared test helpers; and the dense/FFT crossover never comes from (or goes to) the user's real cache."
 import pytest
+import torch
+
+
+def relative_error(out, ref) -> float:
+    "||out - ref|| / ||ref||, in float64."
+    ref = ref.detach().double()
+    return float((out.detach().double() - ref).norm() / ref.norm())
+
+
+def _assert_rel_close(out, ref, tol):
+    "out (e.g. under bf16 autocast) matches the float64 reference to relative error < tol; a zero output cannot pass."
+    assert 0 < tol < 1 and ref.detach().double().norm() > 0, "the criterion must be able to fail"
+    assert relative_error(torch.zeros_like(out), ref) >= tol            # = 1: an all-zero output fails
+    assert torch.isfinite(out).all()
+    err = relative_error(out, ref)
+    assert err < tol, f"relative error {err:.3g} >= {tol}"
+    return err
+
+
+@pytest.fixture
+def assert_rel_close():
+    "assert_rel_close(out, ref, tol): relative error of out against the float64 reference ref below tol (tol < 1)."
+    return _assert_rel_close
 
 
 @pytest.fixture(autouse=True)

@@ -262,7 +262,7 @@ def test_stale_fetch_dirs_removed(toy):
 
 
 def test_sigterm_during_fetch_leaves_nothing(tmp_path):
-    import os, signal, subprocess, sys, time
+    import os, signal, subprocess, sys
     script = f'''
 import time, zipfile
 from kattn.data import fetch as F

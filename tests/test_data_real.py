@@ -104,7 +104,7 @@ def test_imdb_tree_and_lra_bytes(tmp_path):
 
 
 def test_aan_tsv(tmp_path):
-    f = _w(tmp_path / "lra_release" / "tsv_data" / "new_aan_pairs.test.tsv",
+    _w(tmp_path / "lra_release" / "tsv_data" / "new_aan_pairs.test.tsv",
            '0.0\tW06-2914\tP05-1044\tWe "propose" a model.\tAbstract two.\n1.0\tA00-1\tA00-2\tx\ty\n')
     rows = R.read_aan(tmp_path, "test")
     assert rows[0] == (0, "W06-2914", "P05-1044", 'We "propose" a model.', "Abstract two.") and rows[1][0] == 1

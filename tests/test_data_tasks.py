@@ -1,7 +1,7 @@
 "Stand-in LRA-shaped tasks: balance, no document leakage, AAN format round trip; on the real stand-ins when fetched."
 import numpy as np
 import pytest
-from kattn.data import DataMissingError, data_dir
+from kattn.data import DataMissingError
 from kattn.data import tasks as T
 from kattn.data.real import read_aan
 

@@ -1,7 +1,6 @@
 "Tokenizers and batching: exact ids, round trips, unk handling, padding masks, bucketing, splits."
 import numpy as np
 import pytest
-import torch
 from kattn.data.text import ByteTokenizer, CharTokenizer, WordTokenizer, SubwordTokenizer
 from kattn.data import batching as B
 

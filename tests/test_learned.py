@@ -1,4 +1,5 @@
 "Tests for kattn.learned: FWHT, the three learned spectral feature maps (RKS and PRF), implied kernels, attention paths."
+import copy
 import math
 
 import pytest
@@ -44,13 +45,6 @@ def test_fwht_equals_dense_hadamard_all_sizes(one_thread):
         ref = torch.nn.functional.pad(x, (0, D - d)) @ dense[D].T
         assert torch.allclose(fwht(x), ref, atol=1e-9 * math.sqrt(D), rtol=0), d
         if d % 61 == 0 or d == D: assert torch.allclose(fwht(x, radix=2), ref, atol=1e-9 * math.sqrt(D), rtol=0), d
-
-
-@pytest.mark.parametrize("D", [1, 2, 4, 64, 1024])
-def test_fwht_self_inverse_and_naive_hadamard(D):
-    x = torch.randn(5, D, dtype=F64)
-    assert torch.allclose(fwht(fwht(x)), D * x, atol=1e-9 * D)
-    assert torch.equal(naive_hadamard(D), torch.from_numpy(scipy.linalg.hadamard(D)).to(F64))
 
 
 def test_fwht_gradient_is_transform_of_grad():
@@ -231,13 +225,18 @@ def test_every_map_in_kernelized_attention_layer_and_padding():
         assert torch.isfinite(out).all() and torch.allclose(out, out_trunc, atol=1e-5)
 
 
-def test_bf16_autocast_finite():
-    x = torch.randn(2, 2, 9, 16)
+def test_bf16_autocast_matches_float64(assert_rel_close):
+    "Learned maps under bf16 autocast: float32 features, attention equal to the float64 map's (same draws and parameters)."
+    x = torch.randn(2, 2, 9, 16, generator=torch.Generator().manual_seed(0))
     for fm in all_maps(16):
+        fm.eval(); fm64 = copy.deepcopy(fm).double()                       # eval: no redraw between the two calls
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pq, pk = fm(x * 0.5, is_query=True), fm(x * 0.5)
             out = kernelized_attention(pq, pk, x, causal=True)
-        assert pq.dtype == torch.float32 and torch.isfinite(out).all()
+        x64 = x.double()
+        ref = kernelized_attention(fm64(x64 * 0.5, is_query=True), fm64(x64 * 0.5), x64, causal=True)
+        assert pq.dtype == torch.float32
+        assert_rel_close(out, ref, 1e-5)                                      # measured <= 2e-7
 
 
 # ---------------------------------------------------------------- redraw policy, state
@@ -362,7 +361,7 @@ def test_paper_configs_carry_the_task():
 
 @pytest.mark.parametrize("n", [-5, 0, 2.5, True])
 def test_next_pow2_rejects_non_positive(n):
-    with pytest.raises((ValueError, TypeError), match="n must be a positive int"): next_pow2(n)
+    with pytest.raises((ValueError, TypeError), match="n must be an int >= 1"): next_pow2(n)
 
 
 @pytest.mark.parametrize("cls", [GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures])

@@ -1,11 +1,12 @@
 "Tests for kattn.randomized: RA, RFA as SNIS, LARA and causal LARA (Zheng et al. 2022)."
+import copy
+import inspect
 import math
 
 import pytest
 import torch
 
-from kattn.attention import kernelized_attention, softmax_attention
-from kattn.features import PositiveRandomFeatures
+from kattn.attention import softmax_attention
 from kattn.randomized import (LinearRandomizedAttention, RandomFeatureAttention, RandomizedAttention, lara_attention, official_performer_attention,
                               lara_landmarks, naive_causal_lara, naive_f, naive_lara, naive_rfa, randomized_attention, rfa_attention)
 from kattn.randomized import _counter_normal, _counter_uniform
@@ -45,22 +46,6 @@ def test_ra_unbiased_z_scores(causal, padded):
     assert z.abs().max() < 5, z.abs().max()
 
 
-def test_ra_error_shrinks_like_inverse_sqrt_S():
-    q, k, v = qkv(2, 16, 8, seed=2, dtype=F64)
-    ref = softmax_attention(q, k, v)
-    rms = {S: (_ra_draws(q, k, v, S, 3).mean(0) - ref).pow(2).mean().sqrt().item() for S in (25, 400)}
-    # ideal ratio sqrt(400/25) = 4; the RMS over 256 elements of a mean of S draws has a relative spread of ~5-10%
-    assert 2.5 < rms[25] / rms[400] < 6.4, rms
-
-
-def test_ra_released_noise_is_biased():
-    q, k, v = qkv(2, 16, 8, seed=4, dtype=F64)
-    ref = softmax_attention(q, k, v)
-    exact = (_ra_draws(q, k, v, 3000, 5).mean(0) - ref).pow(2).mean()
-    released = (_ra_draws(q, k, v, 3000, 5, noise="released").mean(0) - ref).pow(2).mean()
-    assert released > 5 * exact, (released, exact)
-
-
 def test_ra_one_key_and_padded_keys_change_nothing():
     q, k, v = qkv(3, 5, 4, seed=6, dtype=F64)
     torch.testing.assert_close(randomized_attention(q, k[:, :1], v[:, :1], generator=gen()), v[:, :1].expand(3, 5, 4),
@@ -74,26 +59,6 @@ def test_ra_one_key_and_padded_keys_change_nothing():
 
 
 # ---------------------------------------------------------------- RFA
-
-@pytest.mark.parametrize("n,S,causal", [(1, 4, False), (7, 16, False), (33, 64, False), (7, 16, True), (65, 32, True)])
-def test_rfa_equals_prf_kernelized_attention(n, S, causal):
-    # RFA read as SNIS (log space) == kernelized attention with Performer's positive features on the same draws.
-    d = 8
-    q, k, v = qkv(2, 3, n, d, seed=n, dtype=F64)
-    prf = PositiveRandomFeatures(d, S, orthogonal=False, seed=S).double()
-    r = d ** -0.25                                              # softmax(q.k / sqrt(d)) = exp((r q).(r k))
-    ref = kernelized_attention(prf(q * r, is_query=True), prf(k * r), v, causal=causal)
-    out = rfa_attention(q, k, v, S, omega=prf.weight.to(F64), causal=causal, chunk_size=16)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
-
-
-def test_rfa_causal_matches_literal_prefix_formula():
-    q, k, v = qkv(13, 6, seed=3, dtype=F64)
-    om = rand(9, 6, seed=4, dtype=F64); r = 6 ** -0.25
-    ref = torch.stack([naive_rfa(q[t:t + 1] * r, k[:t + 1] * r, v[:t + 1], om)[0] for t in range(13)])
-    for L in (1, 4, 13, 64):
-        torch.testing.assert_close(rfa_attention(q, k, v, 9, omega=om, causal=True, chunk_size=L), ref, rtol=0, atol=1e-10)
-
 
 def test_rfa_error_shrinks_with_samples():
     # SNIS is consistent: MSE ~ Var/S once the importance weights are light-tailed. Their log-variance grows like
@@ -118,39 +83,16 @@ def test_lara_equals_literal_formula(n, C, gamma):
     r = 6 ** -0.25
     om = (qb + kb) * r + rand(qb.shape[0], 6, seed=7, dtype=F64)
     out = lara_attention(q, k, v, C, omega=torch.zeros(C, 6, dtype=F64).masked_scatter(valid[:, None], om), gamma=gamma)
-    torch.testing.assert_close(out, naive_lara(q * r, k * r, v, (qb + kb) * r, om, qb * r, gamma), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out, naive_lara(q * r, k * r, v, (qb + kb) * r, om, qb * r, gamma=gamma), rtol=0, atol=1e-10)
 
 
-def test_lara_gradients_match_literal_formula():
-    q, k, v = (x.requires_grad_() for x in qkv(10, 4, seed=11, dtype=F64))
-    eps, w = rand(3, 4, seed=12, dtype=F64), rand(10, 4, seed=13, dtype=F64)
-    r = 4 ** -0.25
-
-    def grads(fn):
-        qb, kb, _ = lara_landmarks(q, k, 3)
-        return torch.autograd.grad((fn(qb, kb, (qb + kb) * r + eps) * w).sum(), (q, k, v))
-    a = grads(lambda qb, kb, om: lara_attention(q, k, v, 3, omega=om))
-    b = grads(lambda qb, kb, om: naive_lara(q * r, k * r, v, (qb + kb) * r, om, qb * r))
-    for x, y in zip(a, b): torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
-
-
-def test_lara_edge_identities():
+def test_lara_one_proposal_in_training_is_f_at_its_draw():
+    "C = 1 in training: every query gets f(omega) at the single draw, whatever gamma is (the notebook checks C = 1 in eval)."
     q, k, v = qkv(2, 12, 6, seed=14, dtype=F64)
     r = 6 ** -0.25
-    # (i) C = 1 in eval: every query gets f(mean q + mean k)
-    f = torch.stack([naive_f(k[b] * r, v[b], (q[b].mean(0) + k[b].mean(0)) * r) for b in range(2)])
-    torch.testing.assert_close(lara_attention(q, k, v, 1, training=False), f[:, None].expand(2, 12, 6), rtol=0, atol=1e-10)
-    # (i') C = 1 in training: f at the single draw, whatever gamma is
     om = rand(2, 1, 6, seed=15, dtype=F64)
     f = torch.stack([naive_f(k[b] * r, v[b], om[b, 0]) for b in range(2)])
     torch.testing.assert_close(lara_attention(q, k, v, 1, omega=om, gamma=2.0), f[:, None].expand(2, 12, 6), rtol=0, atol=1e-10)
-    # (ii) all mu = 0 and gamma = 0: exactly RFA on the same draws
-    om = rand(5, 6, seed=16, dtype=F64)
-    torch.testing.assert_close(lara_attention(q, k, v, 5, mu=torch.zeros(5, 6, dtype=F64), omega=om, gamma=0.0),
-                               rfa_attention(q, k, v, 5, omega=om), rtol=0, atol=1e-10)
-    # (iii) one key: the output is its value
-    torch.testing.assert_close(lara_attention(q, k[:, :1], v[:, :1], 3, gen(), landmarks=(q[:, :3], k[:, :1].expand(2, 3, 6))),
-                               v[:, :1].expand(2, 12, 6), rtol=0, atol=1e-12)
 
 
 def test_lara_eval_determinism_and_seeded_reproducibility():
@@ -197,20 +139,27 @@ def test_padding_invariance(name, left):
     torch.testing.assert_close(out[..., pad:, :] if left else out[..., :n, :], base, rtol=1e-5, atol=1e-5)
 
 
+# bf16 autocast against the same estimator in float64 on the same draws (counter-based for RA, given omega / eps for
+# RFA / LARA, eval-mode landmarks for the module). Every op computes its logits and features with autocast off; RA
+# once ran its logits as bf16 matmuls, and at scale 3 the rounding (~0.1 nats) moved Gumbel-max picks: 0.13-0.17.
+BF16_TOL = {}
+
+
 @pytest.mark.parametrize("name", ["ra", "rfa", "lara", "lara_module"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_bf16_autocast_finite(name, causal):
+@pytest.mark.parametrize("scale", [1, 3])
+def test_bf16_autocast_matches_float64_on_the_same_draws(name, causal, scale, assert_rel_close):
     q, k, v = qkv(2, 2, 70, 16, seed=21)
-    mod = LinearRandomizedAttention(16, 8)
-    fn = {"ra": lambda: randomized_attention(3 * q, 3 * k, v, causal=causal),
-          "rfa": lambda: rfa_attention(3 * q, 3 * k, v, 32, causal=causal),
-          "lara": lambda: lara_attention(3 * q, 3 * k, v, 8, causal=causal),
-          "lara_module": lambda: mod(3 * q, 3 * k, v, causal=causal)}[name]
+    omega, eps = rand(32, 16, seed=24), rand(8, 16, seed=25)
+    mod = LinearRandomizedAttention(16, 8).eval(); mod64 = copy.deepcopy(mod).double()
+    fn = {"ra": lambda q, k, v, m: randomized_attention(q, k, v, causal=causal, seed=0),
+          "rfa": lambda q, k, v, m: rfa_attention(q, k, v, 32, causal=causal, omega=omega.to(q.dtype)),
+          "lara": lambda q, k, v, m: lara_attention(q, k, v, 8, causal=causal, eps=eps.to(q.dtype)),
+          "lara_module": lambda q, k, v, m: m(q, k, v, causal=causal)}[name]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = fn()
-    assert torch.isfinite(out).all()
-    ref = softmax_attention(q * 3, k * 3, v, causal=causal)
-    assert (out.float() - ref).abs().max() < 10 * v.abs().max()
+        out = fn(scale * q, scale * k, v, mod)
+    ref = fn(scale * q.double(), scale * k.double(), v.double(), mod64)
+    assert_rel_close(out, ref, BF16_TOL.get((name, scale), 2e-2))
 
 
 @pytest.mark.parametrize("name", ["lara", "rfa", "ra", "lara_module"])
@@ -240,7 +189,7 @@ def test_causal_lara_matches_per_query_reference_outputs_and_grads(n, L, gamma):
     om = ((qb + kb) * 4 ** -0.25 + rand(C, 4, seed=31, dtype=F64)).detach()
     w = rand(n, 4, seed=32, dtype=F64)
     a = lara_attention(q, k, v, C, causal=True, chunk_size=L, omega=om, gamma=gamma)
-    b = naive_causal_lara(q, k, v, L, om, gamma)
+    b = naive_causal_lara(q, k, v, L, om, gamma=gamma)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
@@ -331,7 +280,7 @@ def test_lara_cross_attention_explicit_landmarks_match_literal_formula(n, gamma)
     out = lara_attention(q, k, v, C, landmarks=(qb, kb), omega=om, gamma=gamma, key_padding_mask=mask)
     assert out.shape == (1, 2, n, 5)
     for h in range(2):
-        ref = naive_lara(q[0, h] * r, k[0, h, :11] * r, v[0, h, :11], (qb[0, h] + kb[0, h]) * r, om[0, h], qb[0, h] * r, gamma)
+        ref = naive_lara(q[0, h] * r, k[0, h, :11] * r, v[0, h, :11], (qb[0, h] + kb[0, h]) * r, om[0, h], qb[0, h] * r, gamma=gamma)
         torch.testing.assert_close(out[0, h], ref, rtol=0, atol=1e-10)
 
 
@@ -375,7 +324,7 @@ def test_causal_lara_segments_match_per_query_reference(n, C, gamma):
     om = ((qb + kb) * 4 ** -0.25 + rand(C, 4, seed=61, dtype=F64)).detach()
     w = rand(n, 4, seed=62, dtype=F64)
     a = lara_attention(q, k, v, C, causal=True, omega=om, gamma=gamma)
-    b = naive_causal_lara(q, k, v, None, om, gamma, num_proposals=C)
+    b = naive_causal_lara(q, k, v, None, om, gamma=gamma, num_proposals=C)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for x, y in zip(torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-9)
@@ -550,7 +499,7 @@ def test_batch_mismatch_raises_value_error_naming_the_argument(name, causal):
     other = torch.randn(3, 6, 4)
     for bad in ("q", "k", "v"):
         args = {"q": q, "k": k, "v": v, bad: other}
-        with pytest.raises(ValueError, match=rf"batch dims of q \(\d,\), k \(\d,\) and v \(\d,\) do not broadcast"):
+        with pytest.raises(ValueError, match=r"batch dims of q \(\d,\), k \(\d,\) and v \(\d,\) do not broadcast"):
             _OPS[name](args["q"], args["k"], args["v"], causal=causal)
     with pytest.raises(ValueError, match=r"key_padding_mask \[\.\.\., m\] has batch dims \(3,\) that do not broadcast with"):
         _OPS[name](q, k, v, causal=causal, key_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
@@ -675,7 +624,7 @@ def test_rfa_module_official_estimator():
     m = RandomFeatureAttention(8, 16, seed=1, num_heads=3, estimator="official").eval()
     torch.testing.assert_close(m(q, k, v), official_performer_attention(q, k, v, omega=m.omega), rtol=0, atol=0)
     with pytest.raises(ValueError, match="bidirectional"): m(q, k, v, causal=True)
-    with pytest.raises(ValueError, match="estimator must be 'snis' or 'official'"): RandomFeatureAttention(8, estimator="favor")
+    with pytest.raises(ValueError, match="estimator must be one of 'snis', 'official'"): RandomFeatureAttention(8, estimator="favor")
 
 
 def test_lara_return_weights():
@@ -691,3 +640,22 @@ def test_lara_return_weights():
     torch.testing.assert_close(w @ f, out, rtol=0, atol=1e-10)                                       # out = sum_c w_nc f(omega_c)
     with pytest.raises(ValueError, match="return_weights needs causal=False"):
         lara_attention(q, k, v, C, causal=True, return_weights=True)
+
+
+# ---------------------------------------------------------------- one keyword order for the family
+ORDER = ["generator", "scale", "causal", "key_padding_mask"]
+
+
+@pytest.mark.parametrize("fn,positional", [
+    (randomized_attention, ["q", "k", "v", "num_samples", *ORDER]), (rfa_attention, ["q", "k", "v", "num_samples", *ORDER]),
+    (lara_attention, ["q", "k", "v", "num_proposals", *ORDER]),
+    (official_performer_attention, ["q", "k", "v", "num_features", "generator", "scale", "key_padding_mask"]),
+    (lara_landmarks, ["q", "k", "num_proposals", "key_padding_mask"]),
+    (RandomizedAttention(4).forward, ["q", "k", "v", "causal", "key_padding_mask"]),
+    (RandomFeatureAttention(4).forward, ["q", "k", "v", "causal", "key_padding_mask"]),
+    (LinearRandomizedAttention(4).forward, ["q", "k", "v", "causal", "key_padding_mask"])])
+def test_one_keyword_order(fn, positional):
+    "The contract's positions, then causal, key_padding_mask; every further option is keyword-only."
+    params = inspect.signature(fn).parameters.values()
+    assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
+    assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name not in positional)

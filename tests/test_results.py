@@ -1,6 +1,6 @@
 """kattn.results: the README's results section and the site's Results page are generated from the committed records'
 `paper_results`; the README must agree with the records, and the renderer prints the right numbers."""
-import base64, json, shutil, subprocess, sys
+import base64, json, subprocess, sys
 from pathlib import Path
 
 import nbformat

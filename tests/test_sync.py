@@ -1,5 +1,5 @@
 "`make sync-check` (part of `make test`) fails when kattn/ and the notebooks disagree."
-import os, shutil, subprocess, sys
+import shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
