@@ -497,3 +497,10 @@ def test_attention_family_options_are_keyword_only():
             if name in params: assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (f.__name__, name)
     assert list(inspect.signature(softmax_attention).parameters) == ["q", "k", "v", "rpe_bias", "causal", "key_padding_mask", "scale"]
     assert list(inspect.signature(kernelized_attention).parameters)[:6] == ["phi_q", "phi_k", "v", "rpe_bias", "causal", "key_padding_mask"]
+
+
+def test_attention_has_no_fft_of_its_own():
+    "Every RPE path goes through kattn.toeplitz; the attention module computes no transform itself."
+    import inspect
+    import kattn.attention
+    assert "fft" not in inspect.getsource(kattn.attention)
