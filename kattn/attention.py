@@ -13,7 +13,7 @@ __all__ = ['rpe_matrix', 'softmax_attention', 'naive_kernelized_attention', 'val
 import math
 import torch
 from torch import Tensor
-from .toeplitz import (lowrank_toeplitz_matmul, naive_toeplitz_matrix, _hadamard_matmul, _check_coeffs, _causal_coeffs,
+from .toeplitz import (_lowrank, naive_toeplitz_matrix, _hadamard_matmul, _check_coeffs, _causal_coeffs,
                             _even, _group_bytes)
 from .features import _check_pos_int
 from ._rules import DEN_EPS
@@ -182,7 +182,7 @@ def _causal_chunked(phi_q, phi_k, v1, chunk_size, group_bytes=None):
 def _rpe_weights(rpe_bias, causal, work):
     "c = exp(b - max b), the max over the admissible offsets (j - i <= 0 when causal), detached."
     b = rpe_bias.to(work)
-    mx = (_causal_coeffs(b, -float("inf")) if causal else b).amax(-1, keepdim=True).detach()
+    with torch.no_grad(): mx = (_causal_coeffs(b, -float("inf")) if causal else b).amax(-1, keepdim=True)
     return torch.exp(b - mx)
 
 # %% ../nbs/02_attention.ipynb #9a02f685
@@ -198,12 +198,12 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
                          clip: bool = False, # project rows into the admissible values' box (for sign-indefinite features)
                         ) -> Tensor: # [..., n_q, d_v]
     "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j (RPE: `lowrank_toeplitz_matmul`)."
-    _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
+    _, _, batch = _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
     _check_pos_int("chunk_size", chunk_size)
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)           # v1 = [v, 1]: [..., n, d_v+1]
-        if rpe_bias is not None: out1 = lowrank_toeplitz_matmul(_rpe_weights(rpe_bias, causal, fq.dtype), fq, fk, v1, causal)
+        if rpe_bias is not None: out1 = _lowrank(_rpe_weights(rpe_bias, causal, fq.dtype), fq, fk, v1, causal, batch)   # checked above
         elif causal: out1 = _causal_chunked(fq, fk, v1, chunk_size)
         else: out1 = _bidirectional(fq, fk, v1)
         out = _finish(out1, eps, fq.dtype)

@@ -209,18 +209,17 @@ def _device_key(device) -> str: # "<type>: <device name> | torch <version>"
         except (OSError, StopIteration): pass
     return f"{d.type}: {name} | torch {torch.__version__}"
 
-_STORED = {}  # (file, device) -> stored dense_max_n or None: the file is read once per process and device
+_STORED = {}  # (cache dir setting, device) -> stored dense_max_n or None: read once per process and device
 
 def _dense_max_n(device) -> int:
     "The dense/FFT crossover in use: the override, else the stored calibration, else the default."
     if settings.dense_max_n is not None: return settings.dense_max_n
-    path, d = _cache_dir() / _CROSSOVER_FILE, torch.device(device)
-    if (str(path), str(d)) not in _STORED:
-        try: val = json.loads(path.read_text()).get(_device_key(d), {}).get("dense_max_n")
+    key = (os.environ.get("KATTN_CACHE_DIR"), str(device))
+    if key not in _STORED:
+        try: val = json.loads((_cache_dir() / _CROSSOVER_FILE).read_text()).get(_device_key(device), {}).get("dense_max_n")
         except (OSError, ValueError, AttributeError): val = None
-        _STORED[(str(path), str(d))] = val if isinstance(val, int) and not isinstance(val, bool) and val >= 0 else None
-    val = _STORED[(str(path), str(d))]
-    return _PLAN["dense_max_n"] if val is None else val
+        _STORED[key] = val if isinstance(val, int) and not isinstance(val, bool) and val >= 0 else None
+    return _PLAN["dense_max_n"] if _STORED[key] is None else _STORED[key]
 
 # %% ../nbs/00_toeplitz.ipynb #ae80c35c
 def _setting(name): return _PLAN[name] if getattr(settings, name) is None else getattr(settings, name)
@@ -351,6 +350,15 @@ class _LowRankToeplitzFFT(torch.autograd.Function):
         return gc, back(ga, a.shape), back(gb, b.shape), gx
 
 # %% ../nbs/00_toeplitz.ipynb #14857960
+def _lowrank(c, a, b, x, causal, batch):
+    "The product for checked operands in the working dtype (autocast off): the dense form or the blocked FFT path."
+    if causal: c = _causal_coeffs(c)
+    n, m, dv, B, es = x.shape[-2], a.shape[-1], x.shape[-1], batch.numel(), x.element_size()
+    if _use_dense(n, B, es, x.device): return _hadamard_matmul(a, b, naive_toeplitz_matrix(c), x)
+    L = fft_length(n)
+    plan = tuple(_plan_blocks(m, B, dv, L, es, x.device, u) for u in (4, 6))   # buffers live: fwd 4, bwd 6
+    return _LowRankToeplitzFFT.apply(c, a, b, x, batch, plan)
+
 def lowrank_toeplitz_matmul(c: Tensor, # [..., 2n-1] coefficients, entry (j - i) + n - 1 for row i and column j
                             a: Tensor, # [..., n, m] row factors (query features)
                             b: Tensor, # [..., n, m] column factors (key features)
@@ -362,12 +370,4 @@ def lowrank_toeplitz_matmul(c: Tensor, # [..., 2n-1] coefficients, entry (j - i)
     out_dtype = torch.promote_types(torch.promote_types(c.dtype, a.dtype), torch.promote_types(b.dtype, x.dtype))
     work = torch.float64 if out_dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
-        c, a, b, x = (t.to(work) for t in (c, a, b, x))
-        if causal: c = _causal_coeffs(c)
-        n, m, dv, B, es = x.shape[-2], a.shape[-1], x.shape[-1], batch.numel(), x.element_size()
-        if _use_dense(n, B, es, x.device): y = _hadamard_matmul(a, b, naive_toeplitz_matrix(c), x)
-        else:
-            L = fft_length(n)
-            plan = tuple(_plan_blocks(m, B, dv, L, es, x.device, u) for u in (4, 6))   # buffers live: fwd 4, bwd 6
-            y = _LowRankToeplitzFFT.apply(c, a, b, x, batch, plan)
-    return y.to(out_dtype)
+        return _lowrank(*(t.to(work) for t in (c, a, b, x)), causal, batch).to(out_dtype)
