@@ -251,11 +251,12 @@ def _l2_normalize(x, eps): return x / x.norm(dim=-1, keepdim=True).clamp_min(eps
 def kernelized_softmax_attention(q: Tensor, # [..., n, d] queries
                                  k: Tensor, # [..., n, d] keys
                                  v: Tensor, # [..., n, d_v] values
-                                 feature_map, # a FeatureMap (same instance for queries and keys)
                                  rpe_bias: Tensor | None = None, # [..., 2n-1]
                                  causal: bool = False, # keys j <= i only
                                  key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
                                  scale: float | None = None, # softmax logit scale; default 1/sqrt(d), split as d^-1/4 on q and k
+                                 *,
+                                 feature_map, # a FeatureMap (same instance for queries and keys)
                                  **kwargs) -> Tensor: # [..., n, d_v]; kwargs: kernelized_attention's options (keyword only)
     "Random-feature estimate of softmax_attention(q, k, v, ...) with the same scale."
     s = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
@@ -273,13 +274,13 @@ def normalized_softmax_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d],
     return softmax_attention(_l2_normalize(q, eps), _l2_normalize(k, eps), v, rpe_bias, causal, key_padding_mask, scale)
 
 def normalized_kernelized_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d], [..., n, d], [..., n, d_v]
-                                    feature_map, # a FeatureMap (PRF in Luo et al.)
                                     rpe_bias: Tensor | None = None, causal: bool = False,
                                     key_padding_mask: Tensor | None = None,
                                     scale: float = 1.0, # fixed logit scale (Luo: 1)
                                     *,
+                                    feature_map, # a FeatureMap (PRF in Luo et al.)
                                     eps: float = 1e-6, # norm clamp
                                     **kwargs) -> Tensor: # [..., n, d_v]
     "Luo's normalized kernelized attention (NPRF; with rpe_bias: NPRF with RPE, Algorithm 1)."
-    return kernelized_softmax_attention(_l2_normalize(q, eps), _l2_normalize(k, eps), v, feature_map, rpe_bias, causal,
-                                        key_padding_mask, scale=scale, **kwargs)
+    return kernelized_softmax_attention(_l2_normalize(q, eps), _l2_normalize(k, eps), v, rpe_bias, causal,
+                                        key_padding_mask, scale=scale, **kwargs, feature_map=feature_map)

@@ -141,8 +141,8 @@ def test_converges_to_softmax_as_m_grows(causal):
     q, k, v = (torch.randn(1, 2, 24, 8, generator=g, dtype=D64) * 0.6 for _ in range(3))
     b = torch.randn(2, 47, generator=g, dtype=D64)
     exact = softmax_attention(q, k, v, b, causal)          # scale 1/sqrt(d); the helper applies d^-1/4 to q and k
-    err = {m: sum(_rms(kernelized_softmax_attention(q, k, v, PositiveRandomFeatures(8, m, False, seed=s).double(),
-                                                    b, causal), exact) for s in range(4)) / 4 for m in (16, 128, 1024)}
+    err = {m: sum(_rms(kernelized_softmax_attention(q, k, v,
+                                                    b, causal, feature_map=PositiveRandomFeatures(8, m, False, seed=s).double()), exact) for s in range(4)) / 4 for m in (16, 128, 1024)}
     # Monte-Carlo error ~ 1/sqrt(m): 64x more features -> ~8x smaller; require 3x and monotone
     assert err[1024] < err[128] < err[16] and err[16] / err[1024] > 3, err
     assert err[1024] < 0.03, err
@@ -154,7 +154,7 @@ def test_normalized_converges_to_normalized_softmax():
     v = torch.randn(2, 20, 16, generator=g, dtype=D64)
     b = torch.randn(39, generator=g, dtype=D64) * 3
     exact = normalized_softmax_attention(q, k, v, b)
-    err = {m: sum(_rms(normalized_kernelized_attention(q, k, v, PositiveRandomFeatures(16, m, False, seed=s).double(), b),
+    err = {m: sum(_rms(normalized_kernelized_attention(q, k, v, b, feature_map=PositiveRandomFeatures(16, m, False, seed=s).double()),
                        exact) for s in range(4)) / 4 for m in (16, 1024)}
     assert err[1024] < err[16] / 3 and err[1024] < 0.02, err
     # the exact target really is softmax(q_hat . k_hat + b) with no 1/sqrt(d)
@@ -175,8 +175,8 @@ def test_causality(dtype, rpe):
     q2[..., t + 1:, :] *= -2
     fm = PositiveRandomFeatures(8, 16, seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        o1 = kernelized_softmax_attention(q.to(dtype), k.to(dtype), v.to(dtype), fm, b, True, chunk_size=8)
-        o2 = kernelized_softmax_attention(q2.to(dtype), k2.to(dtype), v2.to(dtype), fm, b, True, chunk_size=8)
+        o1 = kernelized_softmax_attention(q.to(dtype), k.to(dtype), v.to(dtype), b, True, chunk_size=8, feature_map=fm)
+        o2 = kernelized_softmax_attention(q2.to(dtype), k2.to(dtype), v2.to(dtype), b, True, chunk_size=8, feature_map=fm)
     if rpe:   # FFT: causal in exact arithmetic; round-off is relative to the largest term of the whole sequence
         torch.testing.assert_close(o1[..., :t + 1, :], o2[..., :t + 1, :], rtol=0, atol=2e-3)
     else:     # chunked prefix sums: bit-exact
@@ -195,11 +195,11 @@ def test_padding_left_right_and_unpadded_agree(causal, rpe):
         z = torch.randn(3, p, t.shape[-1], generator=g, dtype=D64) * 50
         return torch.cat([z, t] if left else [t, z], -2)
     ml, mr = torch.arange(n + p) < p, torch.arange(n + p) >= n
-    out_l = kernelized_softmax_attention(pad(q, 1), pad(k, 1), pad(v, 1), fm, b, causal, ml)[:, p:]
-    out_r = kernelized_softmax_attention(pad(q, 0), pad(k, 0), pad(v, 0), fm, b, causal, mr)[:, :n]
+    out_l = kernelized_softmax_attention(pad(q, 1), pad(k, 1), pad(v, 1), b, causal, ml, feature_map=fm)[:, p:]
+    out_r = kernelized_softmax_attention(pad(q, 0), pad(k, 0), pad(v, 0), b, causal, mr, feature_map=fm)[:, :n]
     torch.testing.assert_close(out_l, out_r, rtol=0, atol=1e-10)
     b0 = None if b is None else b[p:-p]                           # the same offsets -(n-1)..(n-1)
-    torch.testing.assert_close(out_r, kernelized_softmax_attention(q, k, v, fm, b0, causal), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out_r, kernelized_softmax_attention(q, k, v, b0, causal, feature_map=fm), rtol=0, atol=1e-10)
 
 
 def test_padded_keys_can_hold_nonfinite_values():
@@ -224,10 +224,10 @@ def test_eval_determinism():
     fm = PositiveRandomFeatures(8, 16).eval()
     q, k, v = (torch.randn(2, 12, 8) for _ in range(3))
     b = torch.randn(23)
-    o1 = normalized_kernelized_attention(q, k, v, fm, b)
+    o1 = normalized_kernelized_attention(q, k, v, b, feature_map=fm)
     fm2 = PositiveRandomFeatures(8, 16).eval(); fm2.load_state_dict(fm.state_dict())
-    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, fm, b))
-    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, fm2, b))
+    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, b, feature_map=fm))
+    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, b, feature_map=fm2))
 
 
 @pytest.mark.parametrize("fm", [PositiveRandomFeatures(16, 32, seed=0), TrigonometricRandomFeatures(16, 16, seed=0),
@@ -240,9 +240,9 @@ def test_bf16_autocast_matches_float64(fm, path):
     q, k, v = (torch.randn(2, 2, 96, 16, generator=g).bfloat16() for _ in range(3))
     b = (torch.randn(2, 191, generator=g) * 30 + 500) if path.get("rpe") else None     # large biases: exp(b - max b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = kernelized_softmax_attention(q, k, v, fm, b, path.get("causal", False))
-    ref = kernelized_softmax_attention(q.double(), k.double(), v.double(), copy.deepcopy(fm).double(),
-                                       None if b is None else b.double(), path.get("causal", False))
+        out = kernelized_softmax_attention(q, k, v, b, path.get("causal", False), feature_map=fm)
+    ref = kernelized_softmax_attention(q.double(), k.double(), v.double(),
+                                       None if b is None else b.double(), path.get("causal", False), feature_map=copy.deepcopy(fm).double())
     assert torch.isfinite(out).all()
     assert (out.double() - ref).norm() / ref.norm() < 2e-2
 
@@ -388,11 +388,11 @@ NAN_OPS = {
     "kernelized_attention": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, **kw),
     "kernelized_attention_fft": lambda q, k, v, **kw: _fft(kernelized_attention, q.exp(), k.exp(), v, **kw),
     "kernelized_softmax_attention_prf": lambda q, k, v, **kw: kernelized_softmax_attention(
-        q, k, v, _fm(PositiveRandomFeatures), **kw),
+        q, k, v, **kw, feature_map=_fm(PositiveRandomFeatures)),
     "kernelized_softmax_attention_trf": lambda q, k, v, **kw: kernelized_softmax_attention(
-        q, k, v, _fm(TrigonometricRandomFeatures), **kw),
+        q, k, v, **kw, feature_map=_fm(TrigonometricRandomFeatures)),
     "normalized_kernelized_attention": lambda q, k, v, **kw: normalized_kernelized_attention(
-        q, k, v, _fm(PositiveRandomFeatures), **kw),
+        q, k, v, **kw, feature_map=_fm(PositiveRandomFeatures)),
 }
 NAN_PATHS = [dict(), dict(causal=True), dict(rpe=True), dict(rpe=True, causal=True)]
 
@@ -497,6 +497,10 @@ def test_attention_family_options_are_keyword_only():
             if name in params: assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (f.__name__, name)
     assert list(inspect.signature(softmax_attention).parameters) == ["q", "k", "v", "rpe_bias", "causal", "key_padding_mask", "scale"]
     assert list(inspect.signature(kernelized_attention).parameters)[:6] == ["phi_q", "phi_k", "v", "rpe_bias", "causal", "key_padding_mask"]
+    for f in (kernelized_softmax_attention, normalized_kernelized_attention, normalized_softmax_attention):
+        params = inspect.signature(f).parameters
+        assert list(params)[:7] == ["q", "k", "v", "rpe_bias", "causal", "key_padding_mask", "scale"], f.__name__
+        assert all(p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD) for p in list(params.values())[7:])
 
 
 def test_attention_has_no_fft_of_its_own():
