@@ -8,7 +8,7 @@ Docs: https://kattn.github.io/kattn/bench.html.md"""
 # %% auto #0
 __all__ = ['Case', 'run_case', 'time_cases', 'summarize', 'configure_malloc', 'malloc_regime', 'rss_bytes', 'reset_peak_rss',
            'peak_memory', 'benchmark', 'sweep', 'single_shot', 'ratios', 'paired_ratio', 'crossover', 'save_results',
-           'load_results', 'fft_floor']
+           'load_results', 'calibrate_rpe_crossover', 'fft_floor']
 
 # %% ../nbs/10_bench.ipynb #6055776e
 import ctypes
@@ -269,6 +269,58 @@ def save_results(df: pd.DataFrame, # benchmark rows
 def load_results(path) -> pd.DataFrame:
     "Rows written by `save_results` as a DataFrame."
     return pd.DataFrame(json.loads(Path(path).read_text())["rows"])
+
+# %% ../nbs/10_bench.ipynb #19caabc5
+def _rpe_cases(n, m, d, heads, device, seed=0):
+    "The dense and FFT forms of kernelized attention with RPE at length n (fp32, batch 1), as benchmark cases."
+    from kattn.attention import kernelized_attention
+    from kattn.toeplitz import toeplitz_settings
+    g = torch.Generator().manual_seed(seed + n)
+    fq, fk = ((torch.rand(1, heads, n, m, generator=g) + .1).to(device).requires_grad_() for _ in range(2))
+    v = torch.randn(1, heads, n, d, generator=g).to(device).requires_grad_()
+    b = (torch.randn(heads, 2 * n - 1, generator=g) * .5).to(device).requires_grad_()
+    def form(**plan):
+        def run():
+            with toeplitz_settings(**plan): return kernelized_attention(fq, fk, v, rpe_bias=b)
+        return Case(run, (fq, fk, v, b))
+    dense = dict(dense_max_n=n, memory_budget=max(2 ** 28, 3 * heads * n * n * 4))   # the budget admits the dense form
+    return {"dense": form(**dense), "fft": form(dense_max_n=0)}
+
+def _dense_wins(t: dict) -> bool: # t[(form, mode)] -> ms
+    "Dense wins at one length when its worse mode's ratio to the faster form beats the FFT path's."
+    worst = {f: max(t[(f, md)] / min(t[("dense", md)], t[("fft", md)]) for md in ("fwd", "fwd+bwd")) for f in ("dense", "fft")}
+    return worst["dense"] <= worst["fft"]
+
+# %% ../nbs/10_bench.ipynb #0026a328
+def calibrate_rpe_crossover(device="cpu", # torch device to measure
+                            ns=tuple(2 ** i for i in range(6, 14)), # lengths, increasing (64 .. 8192)
+                            m: int = 32, # features
+                            d: int = 64, # head dim
+                            heads: int = 2, # B*H rows
+                            repeats: int = 5, # interleaved timed rounds per mode
+                            store: bool = True, # write the result under the user cache
+                           ) -> dict: # dense_max_n, key, ns, dense_ms / fft_ms per mode
+    "Measure where the dense form of RPE attention stops beating the FFT path on `device`; store and return it."
+    from kattn import toeplitz
+    dev, ns, rows, dense_max_n, leading = torch.device(device), [int(n) for n in ns], {}, 0, True
+    for n in ns:
+        df = benchmark(_rpe_cases(n, m, d, heads, dev), modes=("fwd", "fwd+bwd"), repeats=repeats, memory=False, device=dev)
+        if df.error.notna().any(): raise RuntimeError(f"calibration failed at n = {n}: {df.error.dropna().tolist()}")
+        t = {(r.case, r.mode): r.time_ms for r in df.itertuples()}
+        rows[n] = {f"{f}_{md}_ms": round(t[(f, md)], 4) for f in ("dense", "fft") for md in ("fwd", "fwd+bwd")}
+        leading = leading and _dense_wins(t)
+        if leading: dense_max_n = n
+    res = {"dense_max_n": dense_max_n, "key": toeplitz._device_key(dev), "ns": ns, "m": m, "d": d, "heads": heads,
+           "times": rows, "date": time.strftime("%Y-%m-%d")}
+    if store:
+        path = toeplitz._cache_dir() / toeplitz._CROSSOVER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try: data = json.loads(path.read_text())
+        except (OSError, ValueError): data = {}
+        data[res["key"]] = {k: v for k, v in res.items() if k != "key"}
+        path.write_text(json.dumps(data, indent=1, default=str))
+        toeplitz._STORED.clear()                                   # this process reads the new value
+    return res
 
 # %% ../nbs/10_bench.ipynb #ebef92a2
 def fft_floor(x: Tensor, # [..., cols, L] contiguous real signals, already zero-padded to L

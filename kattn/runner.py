@@ -520,6 +520,7 @@ SUITE = [
     ("mlm_finetune", {}),             # Luo Table 1: masked-LM pre-training, fine-tuning on stand-in tasks
     ("image_classification", {}),     # Luo Table 4 / Zheng ImageNet: a ViT on Fashion-MNIST, nine attentions
     ("sparsity", {}),                 # Chowdhury: accuracy vs K signal tokens, learned maps / Performer / softmax
+    ("lra", {}),                      # Zheng App. I.2 / Chowdhury §3: five LRA-shaped tasks x 13 attentions
     ("speed", {}),                    # Luo Fig. 1a: time and memory vs n, targets, structured RPE
 ]
 
@@ -678,6 +679,12 @@ def _parser():
     sub.add_parser("results", help="write the README's results section from the records").add_argument(
         "--check", action="store_true", help="write nothing; exit 1 with a diff when README.md and the records disagree")
     sub.add_parser("data", help="dataset cache: list, fetch, verify (see `kattn data -h`)", add_help=False)
+    b = sub.add_parser("bench", help="device calibration: `kattn bench calibrate` stores the RPE dense/FFT crossover",
+                       description="Time the dense and FFT forms of RPE attention over n on this device and store the "
+                                   "crossover under the user cache (kattn.bench.calibrate_rpe_crossover).")
+    b.add_argument("action", choices=["calibrate"], help="what to do")
+    b.add_argument("--device", default="cpu", help="torch device to calibrate (default cpu)")
+    b.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per mode (default 5)")
     return p
 
 # %% ../nbs/11_runner.ipynb #f58379ac
@@ -709,6 +716,10 @@ def _main(argv: list) -> int:
         elif a.cmd == "site": build_site()
         elif a.cmd == "list": print(_experiment_table())
         elif a.cmd == "results": from kattn.results import results_cli; return results_cli(a.check)
+        elif a.cmd == "bench":
+            from kattn.bench import calibrate_rpe_crossover
+            res = calibrate_rpe_crossover(a.device, repeats=a.repeats)
+            print(f"{res['key']}: dense form up to n = {res['dense_max_n']} (stored)")
     except (ValueError, RuntimeError) as e:
         print(f"kattn {a.cmd}: error: {e}", file=sys.stderr)
         if isinstance(e.__cause__, KeyboardInterrupt): return 128 + (signal.SIGTERM if isinstance(e.__cause__, _Terminated) else signal.SIGINT)

@@ -15,7 +15,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .attention import _prepare, _finish, _rpe_weights, _check_attention
+from .attention import _prepare, _finish, _rpe_weights, _check_attention, _EPS
+from .toeplitz import _check_coeffs, _causal_coeffs, _setting
 
 # %% ../nbs/02a_structured_rpe.ipynb #c85cc4ce
 def t5_buckets(offset: Tensor | int, # integer offsets j - i (any shape), or n: every offset -(n-1)..n-1 in order
@@ -65,8 +66,8 @@ def bucketed_toeplitz_matmul(c: Tensor, # [..., 2n-1] coefficients, constant bet
                             ) -> Tensor: # [..., n, d], same as toeplitz_matmul(c, x, causal)
     "Toeplitz product for piecewise-constant coefficients via prefix sums, O(n |changes| d)."
     n = x.shape[-2]
-    if c.shape[-1] != 2 * n - 1: raise ValueError(f"c must have shape [..., 2n-1] = [..., {2*n-1}], got {tuple(c.shape)}")
-    if causal: c = torch.cat([c[..., :n], torch.zeros_like(c[..., n:])], -1)
+    _check_coeffs("c", c, n)
+    if causal: c = _causal_coeffs(c)
     S = F.pad(x.cumsum(-2), (0, 0, 1, 0))                          # S[k] = sum_{j<k} x_j, [..., n+1, d]
     coef = c[..., -1:].expand(*c.shape[:-1], n).clone()              # coefficient of S[n] per row
     parts = []
@@ -88,8 +89,8 @@ def bucketed_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
                                   causal: bool = False, # keys j <= i only
                                   key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
                                   max_distance: int = 128, # T5 bucketing parameter
-                                  memory_budget: int = 2 ** 28, # bytes of per-chunk buffers
-                                  eps: float = 1e-12, # denominator guard
+                                  *,
+                                  eps: float = _EPS, # denominator guard
                                  ) -> Tensor: # [..., n, d_v]
     "Kernelized attention with a T5-bucketed RPE, exact, via prefix sums (no FFT)."
     n, K = phi_k.shape[-2], bucket_bias.shape[-1]
@@ -102,7 +103,8 @@ def bucketed_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
         changes = _t5_changes(n, K, max_distance, not causal, causal)
         m, dv = fk.shape[-1], v1.shape[-1]
         batch = torch.broadcast_shapes(fq.shape[:-2], fk.shape[:-2], v1.shape[:-2], c.shape[:-1])
-        mc = max(1, min(m, memory_budget // max(3 * math.prod(batch) * (n + 1) * dv * fq.element_size(), 1)))
+        per_feature = 3 * math.prod(batch) * (n + 1) * dv * fq.element_size()   # prefix-sum buffers of one feature
+        mc = max(1, min(m, _setting("memory_budget") // max(per_feature, 1)))    # the planner's budget (kattn.toeplitz)
         out = 0
         for s in range(0, m, mc):
             a = (fk[..., s:s + mc, None] * v1[..., None, :]).flatten(-2)          # [..., n, mc (d+1)]
@@ -154,7 +156,7 @@ def decay_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
                                causal: bool = False, # keys j <= i only
                                key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
                                chunk_size: int = 64, # positions per chunk of the scans
-                               eps: float = 1e-12, # denominator guard
+                               eps: float = _EPS, # denominator guard
                               ) -> Tensor: # [..., n, d_v]
     "Kernelized attention with RPE c_t = sum_r alpha_r lam_r^|t|, exact, by chunked scans in O(n m d R)."
     if alpha.shape[-1:] != lam.shape[-1:]: raise ValueError(f"alpha {tuple(alpha.shape)} and lam {tuple(lam.shape)} must share the last dim R")
@@ -182,7 +184,7 @@ def decay_decode_step(state: Tensor, # [..., R, m, d_v+1] from the previous step
                       v: Tensor, # [..., d_v] the new value
                       alpha: Tensor, # [..., R]
                       lam: Tensor, # [..., R]
-                      eps: float = 1e-12, # denominator guard
+                      eps: float = _EPS, # denominator guard
                      ) -> tuple: # (output [..., d_v], new state)
     "One causal decoding step of decay-mixture RPE attention: O(R m d) time and memory."
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)

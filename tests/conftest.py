@@ -1,4 +1,4 @@
-"Shared test helpers."
+"Shared test helpers; and the dense/FFT crossover never comes from (or goes to) the user's real cache."
 import pytest
 import torch
 
@@ -23,3 +23,13 @@ def _assert_rel_close(out, ref, tol):
 def assert_rel_close():
     "assert_rel_close(out, ref, tol): relative error of out against the float64 reference ref below tol (tol < 1)."
     return _assert_rel_close
+
+
+@pytest.fixture(autouse=True)
+def _isolated_calibration(tmp_path_factory, monkeypatch):
+    "Point the stored RPE crossover at an empty temporary cache, and forget what this process read before."
+    from kattn import toeplitz
+    monkeypatch.setenv("KATTN_CACHE_DIR", str(tmp_path_factory.mktemp("kattn_cache")))
+    toeplitz._STORED.clear()
+    yield
+    toeplitz._STORED.clear()

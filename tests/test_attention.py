@@ -7,6 +7,7 @@ from kattn.attention import (kernelized_attention, kernelized_softmax_attention,
                              normalized_kernelized_attention, normalized_softmax_attention, rpe_matrix,
                              softmax_attention)
 from kattn.features import EluFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
+from kattn.toeplitz import toeplitz_settings
 
 D64 = torch.float64
 PATHS = [dict(), dict(causal=True), dict(rpe=True), dict(rpe=True, causal=True), dict(mask=True),
@@ -38,8 +39,8 @@ def test_fast_equals_naive_float64(n, path):
     ref = naive_kernelized_attention(phi_q, phi_k, v, **kw)
     torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw), ref, rtol=0, atol=1e-10)
     # small chunks / tiny memory budget: the chunk loops really run
-    torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw, chunk_size=7, memory_budget=1), ref,
-                               rtol=0, atol=1e-10)
+    with toeplitz_settings(memory_budget=1):
+        torch.testing.assert_close(kernelized_attention(phi_q, phi_k, v, **kw, chunk_size=7), ref, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("path", PATHS[:4], ids=lambda p: "-".join(p) or "plain")
@@ -87,17 +88,20 @@ def test_gradients_equal_naive(path):
         out = fn(*leaves[:3], **kw2, **extra)
         gout = torch.linspace(-1, 1, out.numel(), dtype=D64).reshape(out.shape)
         return torch.autograd.grad((out * gout).sum(), leaves, allow_unused=True)
-    fast, ref = run(kernelized_attention, chunk_size=4, memory_budget=1), run(naive_kernelized_attention)
+    with toeplitz_settings(memory_budget=1): fast = run(kernelized_attention, chunk_size=4)
+    ref = run(naive_kernelized_attention)
     for a, r in zip(fast, ref):
         if r is None: assert a is None or torch.all(a == 0)
         else: torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("group_bytes", [1, 5000, 10 ** 9])
-def test_causal_groups_of_chunks(monkeypatch, group_bytes):
+def test_causal_groups_of_chunks(group_bytes):
     "Causal path without bias split into groups of chunks (a running state carried between groups): equals naive."
-    import kattn.attention as attention
-    monkeypatch.setattr(attention, "CAUSAL_CPU_GROUP_BYTES", group_bytes)   # 1 and 5000: 1 and 2 chunks per group; 1e9: one group
+    with toeplitz_settings(group_bytes=group_bytes): _causal_groups_of_chunks()   # 1, 5000: 1, 2 chunks per group; 1e9: one
+
+
+def _causal_groups_of_chunks():
     phi_q, phi_k, v, _, mask = case(29, m=4, dv=3, batch=(2, 2), seed=11)
     leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v)]
     leaves_r = [t.clone().requires_grad_() for t in (phi_q, phi_k, v)]
@@ -117,9 +121,8 @@ def test_gradcheck(path):
     args = [phi_q.requires_grad_(), phi_k.requires_grad_(), v.requires_grad_()]
     if kw["rpe_bias"] is not None: args.append(b.requires_grad_())
     def f(*a):
-        return kernelized_attention(*a[:3], **{**kw, "rpe_bias": a[3] if len(a) > 3 else None},
-                                    chunk_size=2, memory_budget=1)
-    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+        return kernelized_attention(*a[:3], **{**kw, "rpe_bias": a[3] if len(a) > 3 else None}, chunk_size=2)
+    with toeplitz_settings(memory_budget=1): assert torch.autograd.gradcheck(f, args, fast_mode=True)
 
 
 def test_bias_shift_invariance():
@@ -138,8 +141,8 @@ def test_converges_to_softmax_as_m_grows(causal):
     q, k, v = (torch.randn(1, 2, 24, 8, generator=g, dtype=D64) * 0.6 for _ in range(3))
     b = torch.randn(2, 47, generator=g, dtype=D64)
     exact = softmax_attention(q, k, v, b, causal)          # scale 1/sqrt(d); the helper applies d^-1/4 to q and k
-    err = {m: sum(_rms(kernelized_softmax_attention(q, k, v, PositiveRandomFeatures(8, m, False, seed=s).double(),
-                                                    b, causal), exact) for s in range(4)) / 4 for m in (16, 128, 1024)}
+    err = {m: sum(_rms(kernelized_softmax_attention(q, k, v,
+                                                    b, causal, feature_map=PositiveRandomFeatures(8, m, False, seed=s).double()), exact) for s in range(4)) / 4 for m in (16, 128, 1024)}
     # Monte-Carlo error ~ 1/sqrt(m): 64x more features -> ~8x smaller; require 3x and monotone
     assert err[1024] < err[128] < err[16] and err[16] / err[1024] > 3, err
     assert err[1024] < 0.03, err
@@ -151,7 +154,7 @@ def test_normalized_converges_to_normalized_softmax():
     v = torch.randn(2, 20, 16, generator=g, dtype=D64)
     b = torch.randn(39, generator=g, dtype=D64) * 3
     exact = normalized_softmax_attention(q, k, v, b)
-    err = {m: sum(_rms(normalized_kernelized_attention(q, k, v, PositiveRandomFeatures(16, m, False, seed=s).double(), b),
+    err = {m: sum(_rms(normalized_kernelized_attention(q, k, v, b, feature_map=PositiveRandomFeatures(16, m, False, seed=s).double()),
                        exact) for s in range(4)) / 4 for m in (16, 1024)}
     assert err[1024] < err[16] / 3 and err[1024] < 0.02, err
     # the exact target really is softmax(q_hat . k_hat + b) with no 1/sqrt(d)
@@ -172,8 +175,8 @@ def test_causality(dtype, rpe):
     q2[..., t + 1:, :] *= -2
     fm = PositiveRandomFeatures(8, 16, seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        o1 = kernelized_softmax_attention(q.to(dtype), k.to(dtype), v.to(dtype), fm, b, True, chunk_size=8)
-        o2 = kernelized_softmax_attention(q2.to(dtype), k2.to(dtype), v2.to(dtype), fm, b, True, chunk_size=8)
+        o1 = kernelized_softmax_attention(q.to(dtype), k.to(dtype), v.to(dtype), b, True, chunk_size=8, feature_map=fm)
+        o2 = kernelized_softmax_attention(q2.to(dtype), k2.to(dtype), v2.to(dtype), b, True, chunk_size=8, feature_map=fm)
     if rpe:   # FFT: causal in exact arithmetic; round-off is relative to the largest term of the whole sequence
         torch.testing.assert_close(o1[..., :t + 1, :], o2[..., :t + 1, :], rtol=0, atol=2e-3)
     else:     # chunked prefix sums: bit-exact
@@ -192,11 +195,11 @@ def test_padding_left_right_and_unpadded_agree(causal, rpe):
         z = torch.randn(3, p, t.shape[-1], generator=g, dtype=D64) * 50
         return torch.cat([z, t] if left else [t, z], -2)
     ml, mr = torch.arange(n + p) < p, torch.arange(n + p) >= n
-    out_l = kernelized_softmax_attention(pad(q, 1), pad(k, 1), pad(v, 1), fm, b, causal, ml)[:, p:]
-    out_r = kernelized_softmax_attention(pad(q, 0), pad(k, 0), pad(v, 0), fm, b, causal, mr)[:, :n]
+    out_l = kernelized_softmax_attention(pad(q, 1), pad(k, 1), pad(v, 1), b, causal, ml, feature_map=fm)[:, p:]
+    out_r = kernelized_softmax_attention(pad(q, 0), pad(k, 0), pad(v, 0), b, causal, mr, feature_map=fm)[:, :n]
     torch.testing.assert_close(out_l, out_r, rtol=0, atol=1e-10)
     b0 = None if b is None else b[p:-p]                           # the same offsets -(n-1)..(n-1)
-    torch.testing.assert_close(out_r, kernelized_softmax_attention(q, k, v, fm, b0, causal), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out_r, kernelized_softmax_attention(q, k, v, b0, causal, feature_map=fm), rtol=0, atol=1e-10)
 
 
 def test_padded_keys_can_hold_nonfinite_values():
@@ -221,10 +224,10 @@ def test_eval_determinism():
     fm = PositiveRandomFeatures(8, 16).eval()
     q, k, v = (torch.randn(2, 12, 8) for _ in range(3))
     b = torch.randn(23)
-    o1 = normalized_kernelized_attention(q, k, v, fm, b)
+    o1 = normalized_kernelized_attention(q, k, v, b, feature_map=fm)
     fm2 = PositiveRandomFeatures(8, 16).eval(); fm2.load_state_dict(fm.state_dict())
-    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, fm, b))
-    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, fm2, b))
+    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, b, feature_map=fm))
+    assert torch.equal(o1, normalized_kernelized_attention(q, k, v, b, feature_map=fm2))
 
 
 @pytest.mark.parametrize("fm", [PositiveRandomFeatures(16, 32, seed=0), TrigonometricRandomFeatures(16, 16, seed=0),
@@ -237,9 +240,9 @@ def test_bf16_autocast_matches_float64(fm, path):
     q, k, v = (torch.randn(2, 2, 96, 16, generator=g).bfloat16() for _ in range(3))
     b = (torch.randn(2, 191, generator=g) * 30 + 500) if path.get("rpe") else None     # large biases: exp(b - max b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = kernelized_softmax_attention(q, k, v, fm, b, path.get("causal", False))
-    ref = kernelized_softmax_attention(q.double(), k.double(), v.double(), copy.deepcopy(fm).double(),
-                                       None if b is None else b.double(), path.get("causal", False))
+        out = kernelized_softmax_attention(q, k, v, b, path.get("causal", False), feature_map=fm)
+    ref = kernelized_softmax_attention(q.double(), k.double(), v.double(),
+                                       None if b is None else b.double(), path.get("causal", False), feature_map=copy.deepcopy(fm).double())
     assert torch.isfinite(out).all()
     assert (out.double() - ref).norm() / ref.norm() < 2e-2
 
@@ -319,15 +322,18 @@ def test_rpe_backward_with_checkpointed_chunks_equals_single_chunk():
     phi_q, phi_k, v, b, _ = case(33, m=6, dv=4, batch=(2, 1), seed=9)
     def grads(budget):
         leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
-        out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], memory_budget=budget)
-        return torch.autograd.grad(out.pow(2).sum(), leaves)
+        with toeplitz_settings(memory_budget=budget, dense_max_n=0):
+            out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3])
+            return torch.autograd.grad(out.pow(2).sum(), leaves)
     for a, r in zip(grads(1), grads(2 ** 30)): torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
 
 
 def test_rpe_block_plans():
-    from kattn.attention import _rpe_blocks
+    from kattn.toeplitz import _plan_blocks
     row = 2 * 72 * 8                                   # one (feature, column) signal: B = 2, L = 72, float64
-    plan = lambda cap, units=1, budget=2 ** 40, m=7, dv=5: _rpe_blocks(m, 2, dv, 72, 8, budget, units, cap)
+    def plan(cap, units=1, budget=2 ** 40, m=7, dv=5):    # cap None: CUDA, where only the budget applies
+        with toeplitz_settings(block_bytes=cap, memory_budget=budget):
+            return _plan_blocks(m, 2, dv, 72, 8, "cpu" if cap else "cuda", units)
     assert [plan(row * p) for p in (1, 3, 5, 10, 20, 10 ** 6)] == [(1, 1), (1, 3), (1, 5), (2, 5), (4, 5), (7, 5)]
     assert plan(row * 15) == (3, 5) and plan(row * 15, m=6) == (3, 5) and plan(row * 20, m=6) == (3, 5)   # even split
     assert plan(row * 32, dv=65) == (1, 22) and plan(row * 64, dv=65) == (1, 33)    # 22+22+21, 33+32: no 1-wide sliver
@@ -343,7 +349,8 @@ def test_rpe_blocks_of_features_and_columns_equal_naive(pairs, causal):
     phi_q, phi_k, v, b, mask = case(33, m=7, dv=4, batch=(2, 1), seed=11)
     kw = dict(causal=causal, key_padding_mask=mask)
     leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
-    fast = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], block_bytes=2 * 72 * 8 * pairs, **kw)
+    with toeplitz_settings(block_bytes=2 * 72 * 8 * pairs, dense_max_n=0):
+        fast = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], **kw)
     ref_leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
     ref = naive_kernelized_attention(*ref_leaves[:3], rpe_bias=ref_leaves[3], **kw)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
@@ -354,9 +361,15 @@ def test_rpe_blocks_of_features_and_columns_equal_naive(pairs, causal):
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "16M"])
 def test_memory_budget_and_block_bytes_must_be_positive_ints(bad):
+    for name in ("memory_budget", "block_bytes"):
+        with pytest.raises(ValueError, match=name):
+            with toeplitz_settings(**{name: bad}): pass
+
+
+def test_tuning_is_not_in_the_signature():
     phi_q, phi_k, v, b, _ = case(4)
     for name in ("memory_budget", "block_bytes"):
-        with pytest.raises(ValueError, match=name): kernelized_attention(phi_q, phi_k, v, rpe_bias=b, **{name: bad})
+        with pytest.raises(TypeError, match=name): kernelized_attention(phi_q, phi_k, v, rpe_bias=b, **{name: 2 ** 20})
 
 
 # --- NaN in, NaN out: a NaN input reaches every output it feeds; only fully masked rows are 0 --------------------------
@@ -364,18 +377,22 @@ def _fm(cls):
     return cls(4, 8, seed=0)
 
 
+def _fft(f, *a, **kw):
+    with toeplitz_settings(block_bytes=256, dense_max_n=0): return f(*a, **kw)
+
+
 NAN_OPS = {
     "softmax_attention": lambda q, k, v, **kw: softmax_attention(q, k, v, **kw),
     "normalized_softmax_attention": lambda q, k, v, **kw: normalized_softmax_attention(q, k, v, **kw),
     "naive_kernelized_attention": lambda q, k, v, **kw: naive_kernelized_attention(q.exp(), k.exp(), v, **kw),
     "kernelized_attention": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, **kw),
-    "kernelized_attention_fft": lambda q, k, v, **kw: kernelized_attention(q.exp(), k.exp(), v, block_bytes=256, **kw),
+    "kernelized_attention_fft": lambda q, k, v, **kw: _fft(kernelized_attention, q.exp(), k.exp(), v, **kw),
     "kernelized_softmax_attention_prf": lambda q, k, v, **kw: kernelized_softmax_attention(
-        q, k, v, _fm(PositiveRandomFeatures), **kw),
+        q, k, v, **kw, feature_map=_fm(PositiveRandomFeatures)),
     "kernelized_softmax_attention_trf": lambda q, k, v, **kw: kernelized_softmax_attention(
-        q, k, v, _fm(TrigonometricRandomFeatures), **kw),
+        q, k, v, **kw, feature_map=_fm(TrigonometricRandomFeatures)),
     "normalized_kernelized_attention": lambda q, k, v, **kw: normalized_kernelized_attention(
-        q, k, v, _fm(PositiveRandomFeatures), **kw),
+        q, k, v, **kw, feature_map=_fm(PositiveRandomFeatures)),
 }
 NAN_PATHS = [dict(), dict(causal=True), dict(rpe=True), dict(rpe=True, causal=True)]
 
@@ -433,15 +450,61 @@ def _dd_inputs(n=5):
 @pytest.mark.parametrize("causal", [False, True])
 def test_double_backward_dense_rpe_path(causal):
     f = lambda fq, fk, v, b: kernelized_attention(fq, fk, v, rpe_bias=b, causal=causal)
-    assert torch.autograd.gradgradcheck(f, _dd_inputs())
+    with toeplitz_settings(dense_max_n=5): assert torch.autograd.gradgradcheck(f, _dd_inputs())
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_double_backward_fft_rpe_path_raises(causal):
     fq, fk, v, b = _dd_inputs()
-    f = lambda fq, fk, v, b: kernelized_attention(fq, fk, v, rpe_bias=b, causal=causal, block_bytes=64)
+    f = lambda fq, fk, v, b: _fft(kernelized_attention, fq, fk, v, rpe_bias=b, causal=causal)
     assert torch.autograd.gradcheck(f, (fq, fk, v, b))                     # first order is exact
     for wrt in (fq, fk, v, b):
         g, = torch.autograd.grad(f(fq, fk, v, b).square().sum(), wrt, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
             torch.autograd.grad(g.square().sum(), (fq, fk, v, b), allow_unused=True)
+
+
+# --- dense/FFT switch: the same numbers on both sides, and the ops moved from the layers ---------------------------
+@pytest.mark.parametrize("n", [9, 40])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_and_fft_forms_agree_across_the_switch(n, causal):
+    phi_q, phi_k, v, b, mask = case(n, m=5, dv=3, batch=(2, 2), seed=n)
+    kw = dict(causal=causal, key_padding_mask=mask)
+    res = []
+    for switch in (n, n - 1):                                  # the crossover at n: dense; at n - 1: FFT
+        leaves = [t.clone().requires_grad_() for t in (phi_q, phi_k, v, b)]
+        with toeplitz_settings(dense_max_n=switch): out = kernelized_attention(*leaves[:3], rpe_bias=leaves[3], **kw)
+        res.append((out, torch.autograd.grad((out * torch.cos(out)).sum(), leaves)))
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=0, atol=1e-12)
+    for a, r in zip(res[0][1], res[1][1]): torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
+
+
+def test_dense_kernelized_attention_is_the_rpe_dense_form():
+    import kattn.layers
+    from kattn.attention import dense_kernelized_attention
+    assert kattn.layers.dense_kernelized_attention is dense_kernelized_attention    # the old import path works
+    phi_q, phi_k, v, b, mask = case(11, m=4, dv=3, batch=(2, 3), seed=3)
+    for kw in (dict(), dict(causal=True, key_padding_mask=mask)):
+        torch.testing.assert_close(dense_kernelized_attention(phi_q, phi_k, v, rpe_matrix(b), **kw),
+                                   naive_kernelized_attention(phi_q, phi_k, v, b, **kw), rtol=0, atol=1e-12)
+
+
+def test_attention_family_options_are_keyword_only():
+    import inspect
+    for f in (kernelized_attention, normalized_softmax_attention, normalized_kernelized_attention):
+        params = inspect.signature(f).parameters
+        for name in ("eps", "chunk_size", "clip"):
+            if name in params: assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (f.__name__, name)
+    assert list(inspect.signature(softmax_attention).parameters) == ["q", "k", "v", "rpe_bias", "causal", "key_padding_mask", "scale"]
+    assert list(inspect.signature(kernelized_attention).parameters)[:6] == ["phi_q", "phi_k", "v", "rpe_bias", "causal", "key_padding_mask"]
+    for f in (kernelized_softmax_attention, normalized_kernelized_attention, normalized_softmax_attention):
+        params = inspect.signature(f).parameters
+        assert list(params)[:7] == ["q", "k", "v", "rpe_bias", "causal", "key_padding_mask", "scale"], f.__name__
+        assert all(p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD) for p in list(params.values())[7:])
+
+
+def test_attention_has_no_fft_of_its_own():
+    "Every RPE path goes through kattn.toeplitz; the attention module computes no transform itself."
+    import inspect
+    import kattn.attention
+    assert "fft" not in inspect.getsource(kattn.attention)

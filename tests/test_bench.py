@@ -149,3 +149,24 @@ def test_malloc_regimes_switch_and_peak_memory_restores_the_timing_regime():
     assert kb._MALLOC["regime"] == "exact" and df.time_ms.iloc[0] > 0
     with pytest.raises(ValueError, match="kind"): malloc_regime("fast")
     malloc_regime("steady")
+
+
+def test_calibrate_rpe_crossover_stores_under_the_cache_dir(tmp_path, monkeypatch):
+    import json
+    from kattn import toeplitz
+    from kattn.bench import calibrate_rpe_crossover
+    monkeypatch.setenv("KATTN_CACHE_DIR", str(tmp_path))
+    res = calibrate_rpe_crossover("cpu", ns=(4, 8), m=2, d=3, repeats=1)
+    stored = json.loads((tmp_path / "rpe_crossover.json").read_text())
+    assert res["key"] in stored and stored[res["key"]]["dense_max_n"] == res["dense_max_n"] in (0, 4, 8)
+    assert res["key"].startswith("cpu: ") and torch.__version__ in res["key"]
+    assert toeplitz._dense_max_n("cpu") == res["dense_max_n"]          # the op picks it up in this process
+    other = calibrate_rpe_crossover("cpu", ns=(4,), m=2, d=3, repeats=1, store=False)
+    assert other["ns"] == [4] and json.loads((tmp_path / "rpe_crossover.json").read_text()) == stored
+
+
+def test_dense_wins_uses_the_worse_mode():
+    from kattn.bench import _dense_wins
+    t = lambda df, ff, db, fb: {("dense", "fwd"): df, ("fft", "fwd"): ff, ("dense", "fwd+bwd"): db, ("fft", "fwd+bwd"): fb}
+    assert _dense_wins(t(1, 2, 1, 2)) and not _dense_wins(t(2, 1, 2, 1))
+    assert not _dense_wins(t(1, 1.1, 4, 2))            # dense 2x slower in fwd+bwd, FFT 1.1x in fwd: FFT

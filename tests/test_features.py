@@ -138,5 +138,5 @@ def test_trf_attention_finite_at_large_norms(dtype, scale, causal):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8, generator=g, dtype=dtype) for _ in range(3))
     fm = TrigonometricRandomFeatures(8, 32, seed=0)
-    out = kernelized_softmax_attention(q * scale, k * scale, v, fm, causal=causal)
+    out = kernelized_softmax_attention(q * scale, k * scale, v, causal=causal, feature_map=fm)
     assert torch.isfinite(out).all()

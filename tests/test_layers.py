@@ -102,7 +102,7 @@ def test_nprf_layer_matches_luo_reference():
     m = det("nprf_rpe")
     x = torch.randn(2, 9, 16, dtype=torch.float64)
     q, k, v = (m._split(p(x)) for p in (m.q_proj, m.k_proj, m.v_proj))
-    ref = normalized_kernelized_attention(q, k, v, m.algorithm.feature_map, m.rpe(9))
+    ref = normalized_kernelized_attention(q, k, v, m.rpe(9), feature_map=m.algorithm.feature_map)
     torch.testing.assert_close(m(x), m._merge(ref), atol=1e-10, rtol=1e-10)
 
 

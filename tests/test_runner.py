@@ -172,7 +172,7 @@ def test_readme_papermill_command_runs_as_written(tmp_path):
 
 def test_cli_help_lists_experiments_and_explains_every_argument():
     sub = next(a for a in runner._parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"run", "script", "reproduce", "site", "list", "results", "data"}
+    assert set(sub.choices) == {"run", "script", "reproduce", "site", "list", "results", "data", "bench"}
     for cmd, p in sub.choices.items():
         for a in p._actions: assert a.help, (cmd, a.dest)             # help= on every argument
     r = cli(["run", "--help"], cwd=ROOT)

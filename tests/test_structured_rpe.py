@@ -3,7 +3,7 @@ import pytest
 import torch
 from kattn.structured_rpe import (t5_buckets, bucket_changes, bucketed_toeplitz_matmul, bucketed_kernelized_attention,
                                   naive_decay_rpe_bias, decay_kernelized_attention, decay_decode_init, decay_decode_step)
-from kattn.toeplitz import toeplitz_matmul, naive_toeplitz_matmul
+from kattn.toeplitz import toeplitz_matmul, naive_toeplitz_matmul, toeplitz_settings
 from kattn.attention import kernelized_attention, naive_kernelized_attention
 
 f64 = torch.float64
@@ -61,8 +61,9 @@ def test_bucketed_attention_matches_fft_and_naive(n, causal):
     w = torch.randn(2, 32, dtype=f64, generator=torch.Generator().manual_seed(1))
     mask = mask_for(n, n)
     bias = w[:, t5_buckets(n, 32, 128, not causal)]
-    fast = bucketed_kernelized_attention(q, k, v, w, causal, mask, memory_budget=1)   # one feature per chunk
-    torch.testing.assert_close(fast, kernelized_attention(q, k, v, bias, causal, mask), rtol=0, atol=1e-10)
+    with toeplitz_settings(memory_budget=1):     # one feature per chunk; kernelized_attention takes the FFT path
+        fast = bucketed_kernelized_attention(q, k, v, w, causal, mask)
+        torch.testing.assert_close(fast, kernelized_attention(q, k, v, bias, causal, mask), rtol=0, atol=1e-10)
     torch.testing.assert_close(fast, naive_kernelized_attention(q, k, v, bias, causal, mask), rtol=0, atol=1e-10)
     torch.testing.assert_close(bucketed_kernelized_attention(q, k, v, w, causal, mask), fast, rtol=0, atol=1e-12)
 
@@ -73,8 +74,9 @@ def test_bucketed_attention_gradients(causal):
     q, k, v = inputs(n, seed=7)
     w = torch.randn(2, 32, dtype=f64)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
-    fast = bucketed_kernelized_attention(*leaves, causal=causal, max_distance=30, memory_budget=1)
-    ref = kernelized_attention(*leaves[:3], leaves[3][:, t5_buckets(n, 32, 30, not causal)], causal)
+    with toeplitz_settings(memory_budget=1):
+        fast = bucketed_kernelized_attention(*leaves, causal=causal, max_distance=30)
+        ref = kernelized_attention(*leaves[:3], leaves[3][:, t5_buckets(n, 32, 30, not causal)], causal)
     g = torch.randn_like(ref)
     for a, r in zip(torch.autograd.grad((fast * g).sum(), leaves), torch.autograd.grad((ref * g).sum(), leaves)):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-9)

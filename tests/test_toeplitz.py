@@ -140,3 +140,70 @@ def test_toeplitz_matmul_double_backward(causal):
     c = torch.randn(2, 7, dtype=torch.float64, generator=g, requires_grad=True)
     x = torch.randn(2, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda c, x: toeplitz_matmul(c, x, causal), (c, x))
+
+
+# --- the low-rank Toeplitz product behind RPE attention: both forms against the dense reference --------------------
+from kattn.toeplitz import (lowrank_toeplitz_matmul, naive_lowrank_toeplitz_matmul, naive_toeplitz_matrix,
+                            toeplitz_settings, settings)
+
+FORMS = {"dense": dict(dense_max_n=10 ** 6), "fft": dict(dense_max_n=0),
+         "fft_small_blocks": dict(dense_max_n=0, block_bytes=2 * 3 * 64 * 8)}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 11, 37])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_lowrank_toeplitz_matmul_matches_dense_float64(n, causal, form):
+    g = torch.Generator().manual_seed(n)
+    r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)
+    leaves = [t.requires_grad_() for t in (r(3, 2 * n - 1), r(2, 3, n, 4), r(2, 1, n, 4), r(2, 3, n, 5))]
+    ref = naive_lowrank_toeplitz_matmul(*leaves, causal)
+    loop = torch.stack([sum(leaves[0][..., (j - i) + n - 1, None] * (leaves[1][..., i, :] * leaves[2][..., j, :]).sum(-1, keepdim=True)
+                            * leaves[3][..., j, :] for j in range(i + 1 if causal else n)) for i in range(n)], -2)
+    torch.testing.assert_close(ref, loop, rtol=0, atol=1e-12)
+    with toeplitz_settings(**FORMS[form]): out = lowrank_toeplitz_matmul(*leaves, causal)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    G = r(2, 3, n, 5)
+    for a, b in zip(torch.autograd.grad((out * G).sum(), leaves), torch.autograd.grad((ref * G).sum(), leaves)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def test_lowrank_fft_backward_plan_is_fixed_at_forward():
+    g = torch.Generator().manual_seed(0)
+    c, a, b, x = (torch.randn(*s, dtype=torch.float64, generator=g).requires_grad_() for s in ((9,), (5, 3), (5, 3), (5, 2)))
+    with toeplitz_settings(dense_max_n=0, block_bytes=8): out = lowrank_toeplitz_matmul(c, a, b, x)
+    grads = torch.autograd.grad(out.sum(), (c, a, b, x))          # outside the region: the plan was saved
+    ref = torch.autograd.grad(naive_lowrank_toeplitz_matmul(c, a, b, x).sum(), (c, a, b, x))
+    for u, w in zip(grads, ref): torch.testing.assert_close(u, w, rtol=0, atol=1e-12)
+
+
+def test_toeplitz_settings_validate_and_restore():
+    with toeplitz_settings(memory_budget=7, dense_max_n=0):
+        assert (settings.memory_budget, settings.dense_max_n) == (7, 0)
+        with toeplitz_settings(memory_budget=None): assert settings.memory_budget is None
+        assert settings.memory_budget == 7
+    assert (settings.memory_budget, settings.dense_max_n) == (None, None)
+    for bad in ({"memory_budget": 0}, {"block_bytes": 1.5}, {"group_bytes": True}, {"dense_max_n": -1}):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            with toeplitz_settings(**bad): pass
+    with pytest.raises(TypeError, match="unknown setting"):
+        with toeplitz_settings(chunk=3): pass
+
+
+def test_stored_crossover_is_read_and_overridden(tmp_path, monkeypatch):
+    import json
+    from kattn import toeplitz
+    monkeypatch.setenv("KATTN_CACHE_DIR", str(tmp_path))
+    assert toeplitz._dense_max_n("cpu") == toeplitz._PLAN["dense_max_n"]          # nothing stored: the default
+    (tmp_path / "rpe_crossover.json").write_text(json.dumps({toeplitz._device_key("cpu"): {"dense_max_n": 96}}))
+    assert toeplitz._dense_max_n("cpu") == toeplitz._PLAN["dense_max_n"]          # read once per process ...
+    toeplitz._STORED.clear()
+    assert toeplitz._dense_max_n("cpu") == 96                                      # ... a fresh read sees it
+    with toeplitz_settings(dense_max_n=5): assert toeplitz._dense_max_n("cpu") == 5
+    assert toeplitz._use_dense(96, 2, 4, "cpu") and not toeplitz._use_dense(97, 2, 4, "cpu")
+
+
+def test_rpe_matrix_is_the_toeplitz_matrix():
+    from kattn.attention import rpe_matrix
+    b = torch.randn(2, 9, dtype=torch.float64)
+    assert torch.equal(rpe_matrix(b), naive_toeplitz_matrix(b))
