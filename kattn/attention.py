@@ -15,21 +15,14 @@ import torch
 from torch import Tensor
 from .toeplitz import (_lowrank, naive_toeplitz_matrix, _hadamard_matmul, _check_coeffs, _causal_coeffs,
                             _even, _group_bytes)
-from .features import _check_pos_int
-from ._rules import DEN_EPS
+from ._rules import (DEN_EPS, NORM_EPS, allowed_mask, check_pos_int, check_tensor, l2_normalize, ones_column,
+                          split_divide, work_dtype)
 
 # %% ../nbs/02_attention.ipynb #af057a2a
-def _check_tensor(name, t, dtype_kind="float"):
-    if not isinstance(t, Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if dtype_kind == "float" and not t.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {t.dtype}")
-    if dtype_kind == "bool" and t.dtype != torch.bool: raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
-
 def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
     "Validate q/k/v-like inputs [..., n, *]; return (n_q, n_k, batch shape)."
     for name, t in ((qn[0], q), (qn[1], k), ("v", v)):
-        _check_tensor(name, t)
-        if t.dim() < 2: raise ValueError(f"{name} must have shape [..., n, dim], got {tuple(t.shape)}")
+        check_tensor(name, t, shape="[..., n, dim]")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"{qn[0]} [..., n, {q.shape[-1]}] and {qn[1]} [..., n, {k.shape[-1]}] must have the same last dim")
     nq, nk = q.shape[-2], k.shape[-2]
@@ -44,7 +37,7 @@ def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
         try: batch = torch.broadcast_shapes(batch, rpe_bias.shape[:-1])
         except RuntimeError: raise ValueError(f"rpe_bias batch dims {tuple(rpe_bias.shape[:-1])} do not broadcast with {tuple(batch)}") from None
     if key_padding_mask is not None:
-        _check_tensor("key_padding_mask", key_padding_mask, "bool")
+        check_tensor("key_padding_mask", key_padding_mask, "bool")
         if key_padding_mask.dim() < 1 or key_padding_mask.shape[-1] != nk:
             raise ValueError(f"key_padding_mask must have shape [..., n] = [..., {nk}], got {tuple(key_padding_mask.shape)}")
         try: batch = torch.broadcast_shapes(batch, key_padding_mask.shape[:-1])
@@ -52,22 +45,11 @@ def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
                                               f"with {tuple(batch)}; for [B, H, n, d] inputs pass [B, 1, n]") from None
     return nq, nk, batch
 
-def _work_dtype(*ts): return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-
 # %% ../nbs/02_attention.ipynb #727372b9
 def rpe_matrix(rpe_bias: Tensor, # [..., 2n-1], entry (j - i) + n - 1 for query i, key j
               ) -> Tensor: # [..., n, n] with B[i, j] = rpe_bias[(j - i) + n - 1]
     "Dense bias matrix of a relative positional bias vector: the Toeplitz matrix `naive_toeplitz_matrix(rpe_bias)`."
     return naive_toeplitz_matrix(rpe_bias)
-
-def _allowed(nq, nk, causal, key_padding_mask, device):
-    "Bool [..., nq, nk]: key j may contribute to query i (None if all may)."
-    allowed = None
-    if causal: allowed = torch.ones(nq, nk, dtype=torch.bool, device=device).tril()
-    if key_padding_mask is not None:
-        keep = ~key_padding_mask.unsqueeze(-2)
-        allowed = keep if allowed is None else allowed & keep
-    return allowed
 
 def softmax_attention(q: Tensor, # [..., n_q, d] queries
                       k: Tensor, # [..., n_k, d] keys
@@ -80,11 +62,11 @@ def softmax_attention(q: Tensor, # [..., n_q, d] queries
     "Exact softmax attention softmax(s q k^T + B) v, the O(n^2) reference."
     nq, nk, _ = _check_attention(("q", "k"), q, k, v, rpe_bias, causal, key_padding_mask)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    work, out_dtype = _work_dtype(q, k, v), torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    work, out_dtype = work_dtype(q, k, v), torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     with torch.autocast(q.device.type, enabled=False):
         logits = (q.to(work) @ k.to(work).transpose(-1, -2)) * scale
         if rpe_bias is not None: logits = logits + rpe_matrix(rpe_bias.to(work))
-        allowed = _allowed(nq, nk, causal, key_padding_mask, q.device)
+        allowed = allowed_mask(nq, nk, causal, key_padding_mask, q.device)
         if allowed is not None: logits = logits.masked_fill(~allowed, float("-inf"))
         p = torch.softmax(logits, -1)
         if allowed is not None: p = p.masked_fill(~allowed.any(-1, keepdim=True), 0.0)   # all-masked rows -> 0; NaN stays NaN
@@ -102,7 +84,7 @@ def naive_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
     nq, nk, _ = _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
     w = phi_q @ phi_k.transpose(-1, -2)
     if rpe_bias is not None: w = w * torch.exp(rpe_matrix(rpe_bias))
-    allowed = _allowed(nq, nk, causal, key_padding_mask, w.device)
+    allowed = allowed_mask(nq, nk, causal, key_padding_mask, w.device)
     if allowed is not None: w = torch.where(allowed, w, torch.zeros((), dtype=w.dtype, device=w.device))
     den = w.sum(-1, keepdim=True)
     return torch.where(den == 0, 0.0, (w @ v) / torch.where(den == 0, 1.0, den))
@@ -110,22 +92,15 @@ def naive_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
 # %% ../nbs/02_attention.ipynb #56a9e23b
 def _prepare(phi_q, phi_k, v, key_padding_mask):
     "Cast to the working dtype, zero padded keys, append the ones column: (phi_q, phi_k, v1)."
-    work = _work_dtype(phi_q, phi_k, v)
+    work = work_dtype(phi_q, phi_k, v)
     phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    v1 = ones_column(v)
     if key_padding_mask is not None:
         keep = ~key_padding_mask.unsqueeze(-1)
         zero = torch.zeros((), dtype=work, device=v.device)
         phi_k, v1 = torch.where(keep, phi_k, zero), torch.where(keep, v1, zero)
     return phi_q, phi_k, v1
 
-_EPS = DEN_EPS # the denominator guard of every kernelized op (kattn._rules: 1e-12)
-
-def _finish(out1, eps, out_dtype):
-    "Split [num, den], guard the denominator, divide."
-    num, den = out1[..., :-1], out1[..., -1:]
-    den = torch.where(den.abs() < eps, torch.full_like(den, eps), den)
-    return (num / den).to(out_dtype)
 
 def value_box(v: Tensor, # [..., n_k, d_v] values
               causal: bool = False, # box of the keys j <= i for query i
@@ -194,19 +169,19 @@ def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a F
                          key_padding_mask: Tensor | None = None, # [..., n_k] bool, True = ignore that key
                          *,
                          chunk_size: int = 64, # positions per chunk of the causal path without bias
-                         eps: float = _EPS, # denominator guard
+                         eps: float = DEN_EPS, # denominator guard
                          clip: bool = False, # project rows into the admissible values' box (for sign-indefinite features)
                         ) -> Tensor: # [..., n_q, d_v]
     "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j (RPE: `lowrank_toeplitz_matmul`)."
     _, _, batch = _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
-    _check_pos_int("chunk_size", chunk_size)
+    check_pos_int("chunk_size", chunk_size)
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)           # v1 = [v, 1]: [..., n, d_v+1]
         if rpe_bias is not None: out1 = _lowrank(_rpe_weights(rpe_bias, causal, fq.dtype), fq, fk, v1, causal, batch)   # checked above
         elif causal: out1 = _causal_chunked(fq, fk, v1, chunk_size)
         else: out1 = _bidirectional(fq, fk, v1)
-        out = _finish(out1, eps, fq.dtype)
+        out = split_divide(out1, eps).to(fq.dtype)
         return (clip_to_values(out, v, causal, key_padding_mask) if clip else out).to(out_dtype)
 
 # %% ../nbs/02_attention.ipynb #6110a02f
@@ -217,7 +192,7 @@ def dense_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
                                causal: bool = False, # keys j <= i only
                                key_padding_mask: Tensor | None = None, # [..., n_k] bool, True = ignore that key
                                *,
-                               eps: float = _EPS, # denominator guard
+                               eps: float = DEN_EPS, # denominator guard
                                clip: bool = False, # project rows into the admissible values' box
                               ) -> Tensor: # [..., n_q, d_v]
     "O(n^2) kernelized attention with a dense bias: w_ij = exp(B_ij - max B) phi_q_i . phi_k_j."
@@ -226,7 +201,7 @@ def dense_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)           # padded keys zeroed
         B = attn_bias.to(fq.dtype)
         W = torch.exp(B - B.amax((-1, -2), keepdim=True).detach())           # [..., n_q, n_k]
-        out = _finish(_hadamard_matmul(fq, fk, W.tril() if causal else W, v1), eps, fq.dtype)
+        out = split_divide(_hadamard_matmul(fq, fk, W.tril() if causal else W, v1), eps).to(fq.dtype)
         return (clip_to_values(out, v, causal, key_padding_mask) if clip else out).to(out_dtype)
 
 # %% ../nbs/02_attention.ipynb #6d189c82
@@ -235,9 +210,9 @@ def _recurrent_step(alg, q, k, v, state):
     work = torch.float64 if v.dtype == torch.float64 else torch.float32
     phi_q, phi_k = alg.features(q, k)
     with torch.autocast(v.device.type, enabled=False):
-        phi_q, phi_k, v1 = phi_q.to(work), phi_k.to(work), torch.cat([v, torch.ones_like(v[..., :1])], -1).to(work)
+        phi_q, phi_k, v1 = phi_q.to(work), phi_k.to(work), ones_column(v).to(work)
         S = phi_k.transpose(-1, -2) @ v1 + (0 if state is None else state["S"])     # [..., m, d_v+1]
-        out, new = _finish(phi_q @ S, _EPS, work), {"S": S, "t": (0 if state is None else state["t"]) + 1}
+        out, new = split_divide(phi_q @ S).to(work), {"S": S, "t": (0 if state is None else state["t"]) + 1}
         if getattr(alg, "clip", False):                      # running box of the values seen so far
             vw = v1[..., :-1]
             new["lo"] = vw if state is None else torch.minimum(state["lo"], vw)
@@ -246,8 +221,6 @@ def _recurrent_step(alg, q, k, v, state):
         return out.to(v.dtype), new
 
 # %% ../nbs/02_attention.ipynb #0b3635df
-def _l2_normalize(x, eps): return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
-
 def kernelized_softmax_attention(q: Tensor, # [..., n, d] queries
                                  k: Tensor, # [..., n, d] keys
                                  v: Tensor, # [..., n, d_v] values
@@ -268,10 +241,10 @@ def normalized_softmax_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d],
                                  key_padding_mask: Tensor | None = None,
                                  scale: float = 1.0, # fixed logit scale (Luo: 1)
                                  *,
-                                 eps: float = 1e-6, # norm clamp
+                                 eps: float = NORM_EPS, # norm clamp
                                 ) -> Tensor: # [..., n, d_v]
     "Exact softmax(scale * q_hat.k_hat + b) v with l2-normalized q and k: what NPRF approximates."
-    return softmax_attention(_l2_normalize(q, eps), _l2_normalize(k, eps), v, rpe_bias, causal, key_padding_mask, scale)
+    return softmax_attention(l2_normalize(q, eps), l2_normalize(k, eps), v, rpe_bias, causal, key_padding_mask, scale)
 
 def normalized_kernelized_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d], [..., n, d], [..., n, d_v]
                                     rpe_bias: Tensor | None = None, causal: bool = False,
@@ -279,8 +252,8 @@ def normalized_kernelized_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, 
                                     scale: float = 1.0, # fixed logit scale (Luo: 1)
                                     *,
                                     feature_map, # a FeatureMap (PRF in Luo et al.)
-                                    eps: float = 1e-6, # norm clamp
+                                    eps: float = NORM_EPS, # norm clamp
                                     **kwargs) -> Tensor: # [..., n, d_v]
     "Luo's normalized kernelized attention (NPRF; with rpe_bias: NPRF with RPE, Algorithm 1)."
-    return kernelized_softmax_attention(_l2_normalize(q, eps), _l2_normalize(k, eps), v, rpe_bias, causal,
+    return kernelized_softmax_attention(l2_normalize(q, eps), l2_normalize(k, eps), v, rpe_bias, causal,
                                         key_padding_mask, scale=scale, **kwargs, feature_map=feature_map)

@@ -43,8 +43,6 @@ def gaussian_draws(num_features: int, # m, number of rows
     return w * norms
 
 # %% ../nbs/01_features.ipynb #3a8fca05
-_check_pos_int = check_pos_int # the name kattn.attention imports
-
 class FeatureMap(nn.Module):
     "Base class: a map [..., n, head_dim] -> [..., n, num_outputs] shared by queries and keys."
     positive = False # True when every feature is >= 0 (kernel estimates, and attention denominators, cannot cancel)

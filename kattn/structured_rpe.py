@@ -15,7 +15,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .attention import _prepare, _finish, _rpe_weights, _check_attention, _EPS
+from .attention import _prepare, _rpe_weights, _check_attention
+from ._rules import DEN_EPS, ones_column, split_divide
 from .toeplitz import _check_coeffs, _causal_coeffs, _setting
 
 # %% ../nbs/02a_structured_rpe.ipynb #c85cc4ce
@@ -90,7 +91,7 @@ def bucketed_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
                                   key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
                                   max_distance: int = 128, # T5 bucketing parameter
                                   *,
-                                  eps: float = _EPS, # denominator guard
+                                  eps: float = DEN_EPS, # denominator guard
                                  ) -> Tensor: # [..., n, d_v]
     "Kernelized attention with a T5-bucketed RPE, exact, via prefix sums (no FFT)."
     n, K = phi_k.shape[-2], bucket_bias.shape[-1]
@@ -110,7 +111,7 @@ def bucketed_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
             a = (fk[..., s:s + mc, None] * v1[..., None, :]).flatten(-2)          # [..., n, mc (d+1)]
             d1 = bucketed_toeplitz_matmul(c, a, changes, causal).unflatten(-1, (-1, dv))
             out = out + (fq[..., s:s + mc, None] * d1).sum(-2)
-        return _finish(out, eps, out_dtype)
+        return split_divide(out, eps).to(out_dtype)
 
 # %% ../nbs/02a_structured_rpe.ipynb #fd750894
 def _inclusive_scan(s, a):
@@ -156,7 +157,7 @@ def decay_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
                                causal: bool = False, # keys j <= i only
                                key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
                                chunk_size: int = 64, # positions per chunk of the scans
-                               eps: float = _EPS, # denominator guard
+                               eps: float = DEN_EPS, # denominator guard
                               ) -> Tensor: # [..., n, d_v]
     "Kernelized attention with RPE c_t = sum_r alpha_r lam_r^|t|, exact, by chunked scans in O(n m d R)."
     if alpha.shape[-1:] != lam.shape[-1:]: raise ValueError(f"alpha {tuple(alpha.shape)} and lam {tuple(lam.shape)} must share the last dim R")
@@ -168,7 +169,7 @@ def decay_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
         out = _decay_causal(fq, fk, v1, lam, chunk_size, False)
         if not causal:
             out = out + _decay_causal(fq.flip(-2), fk.flip(-2), v1.flip(-2), lam, chunk_size, True).flip(-2)
-        return _finish((alpha[..., :, None, None] * out).sum(-3), eps, out_dtype)
+        return split_divide((alpha[..., :, None, None] * out).sum(-3), eps).to(out_dtype)
 
 # %% ../nbs/02a_structured_rpe.ipynb #25ede89a
 def decay_decode_init(phi_k: Tensor, # [..., m] a key feature vector (for batch shape, dtype, device)
@@ -184,10 +185,10 @@ def decay_decode_step(state: Tensor, # [..., R, m, d_v+1] from the previous step
                       v: Tensor, # [..., d_v] the new value
                       alpha: Tensor, # [..., R]
                       lam: Tensor, # [..., R]
-                      eps: float = _EPS, # denominator guard
+                      eps: float = DEN_EPS, # denominator guard
                      ) -> tuple: # (output [..., d_v], new state)
     "One causal decoding step of decay-mixture RPE attention: O(R m d) time and memory."
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    v1 = ones_column(v)
     state = lam[..., :, None, None] * state + (phi_k[..., None, :, None] * v1[..., None, None, :])
     o = (alpha[..., :, None] * (phi_q[..., None, None, :] @ state).squeeze(-2)).sum(-2)
-    return _finish(o, eps, torch.promote_types(phi_q.dtype, v.dtype)), state
+    return split_divide(o, eps).to(torch.promote_types(phi_q.dtype, v.dtype)), state
