@@ -52,9 +52,8 @@ class RelativePositionBias(nn.Module):
         self.num_heads, self.max_len, self.num_buckets = num_heads, max_len, num_buckets
         size = 2 * max_len - 1 if num_buckets is None else num_buckets
         self.weight = nn.Parameter(_bias_table(num_heads, size, init_std))
-        if num_buckets is not None:
-            offsets = torch.arange(-(max_len - 1), max_len)
-            bucket = t5_buckets(offsets, num_buckets, max_distance, bidirectional)    # [2L-1]: offset -> bucket
+        if num_buckets is not None:                   # [2L-1]: the bucket of every offset -(L-1)..L-1
+            bucket = t5_buckets(torch.arange(-(max_len - 1), max_len), num_buckets, max_distance, bidirectional)
             self.register_buffer("bucket", bucket, persistent=False)
 
     def forward(self, n: int, # sequence length, 1 <= n <= max_len
@@ -167,6 +166,23 @@ class SoftmaxAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
         return _nan_queries(q, out) if empty is None else _nan_queries(q, out).masked_fill(empty, 0.0)
 
+# %% ../nbs/06_layers.ipynb #4df37936
+def _transform_qk(q, k, scale, normalize, norm_eps):
+    "q~, k~: l2-normalized when normalize, then times s**0.5 (s: scale, default 1/sqrt(d_h), or 1 when normalize)."
+    s = (1.0 if normalize else q.shape[-1] ** -0.5) if scale is None else scale
+    work = work_dtype(q, k)
+    q, k = q.to(work), k.to(work)          # scale/normalize in float32: bf16 rounding here shifts TRF phases
+    if normalize: q, k = l2_normalize(q, norm_eps), l2_normalize(k, norm_eps)
+    if s != 1.0: q, k = q * s ** 0.5, k * s ** 0.5
+    return q, k
+
+# %% ../nbs/06_layers.ipynb #935254eb
+def _check_feature_map(feature_map, clip):
+    "A FeatureMap, and clip None, True or False."
+    if not isinstance(feature_map, FeatureMap):
+        raise TypeError(f"feature_map must be a FeatureMap, got {type(feature_map).__name__}")
+    if clip not in (None, True, False): raise TypeError(f"clip must be None, True or False, got {clip!r}")
+
 # %% ../nbs/06_layers.ipynb #db9e0ab0
 class KernelizedAttention(nn.Module):
     "Kernelized attention with a FeatureMap phi applied to transformed queries and keys (Luo Eq. 3 / Eq. 10)."
@@ -178,19 +194,13 @@ class KernelizedAttention(nn.Module):
                  clip: bool | None = None, # project output rows into the values' box; None: the map's clip_output
                 ):
         super().__init__()
-        if not isinstance(feature_map, FeatureMap):
-            raise TypeError(f"feature_map must be a FeatureMap, got {type(feature_map).__name__}")
-        if clip not in (None, True, False): raise TypeError(f"clip must be None, True or False, got {clip!r}")
+        _check_feature_map(feature_map, clip)
         self.feature_map, self.scale, self.normalize = feature_map, scale, normalize
         self.norm_eps, self._clip = norm_eps, clip
 
     def features(self, q: Tensor, k: Tensor) -> tuple: # (phi_q [..., n_q, m], phi_k [..., n_k, m])
         "Transform and map queries and keys."
-        s = (1.0 if self.normalize else q.shape[-1] ** -0.5) if self.scale is None else self.scale
-        work = work_dtype(q, k)
-        q, k = q.to(work), k.to(work)          # scale/normalize in float32: bf16 rounding here shifts TRF phases
-        if self.normalize: q, k = l2_normalize(q, self.norm_eps), l2_normalize(k, self.norm_eps)
-        if s != 1.0: q, k = q * s ** 0.5, k * s ** 0.5
+        q, k = _transform_qk(q, k, self.scale, self.normalize, self.norm_eps)
         return self.feature_map(q, is_query=True), self.feature_map(k)
 
     def forward(self, q, k, v, rpe_bias=None, causal=False, key_padding_mask=None, attn_bias=None):
@@ -198,9 +208,9 @@ class KernelizedAttention(nn.Module):
         _check_bias_args(q.shape[-2], k.shape[-2], rpe_bias, causal, attn_bias)
         phi_q, phi_k = self.features(q, k)
         out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-        if attn_bias is not None:
-            if rpe_bias is not None: attn_bias = attn_bias + rpe_matrix(rpe_bias)      # [..., 2n-1] -> [..., n, n]
-            out = dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask, clip=self.clip)
+        if attn_bias is not None:                 # a dense bias (plus the RPE matrix): the O(n^2) path
+            bias = _merged_bias(rpe_bias, attn_bias)
+            out = dense_kernelized_attention(phi_q, phi_k, v, bias, causal, key_padding_mask, clip=self.clip)
             return out.to(out_dtype)
         return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask, clip=self.clip).to(out_dtype)
 
