@@ -18,13 +18,14 @@ from .toeplitz import (_lowrank, naive_toeplitz_matrix, _hadamard_matmul, _check
 from ._rules import (DEN_EPS, NORM_EPS, allowed_mask, check_pos_int, check_tensor, l2_normalize, ones_column,
                           split_divide, work_dtype)
 
-# %% ../nbs/02_attention.ipynb #af057a2a
-def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
-    "Validate q/k/v-like inputs [..., n, *]; return (n_q, n_k, batch shape)."
+# %% ../nbs/02_attention.ipynb #96bacbd5
+def _check_qkv(qn, q, k, v, rpe_bias, causal):
+    "q/k/v-like tensors [..., n, *] with consistent dims; return (n_q, n_k, broadcast batch shape)."
     for name, t in ((qn[0], q), (qn[1], k), ("v", v)):
         check_tensor(name, t, shape="[..., n, dim]")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{qn[0]} [..., n, {q.shape[-1]}] and {qn[1]} [..., n, {k.shape[-1]}] must have the same last dim")
+        raise ValueError(f"{qn[0]} [..., n, {q.shape[-1]}] and {qn[1]} [..., n, {k.shape[-1]}] "
+                         "must have the same last dim")
     nq, nk = q.shape[-2], k.shape[-2]
     if v.shape[-2] != nk: raise ValueError(f"v must have n = {nk} positions like {qn[1]}, got shape {tuple(v.shape)}")
     if (causal or rpe_bias is not None) and nq != nk:
@@ -32,25 +33,43 @@ def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
     try: batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError: raise ValueError(f"batch dims of {qn[0]} {tuple(q.shape[:-2])}, {qn[1]} {tuple(k.shape[:-2])} "
                                           f"and v {tuple(v.shape[:-2])} do not broadcast") from None
-    if rpe_bias is not None:
-        _check_coeffs("rpe_bias", rpe_bias, nk)
-        try: batch = torch.broadcast_shapes(batch, rpe_bias.shape[:-1])
-        except RuntimeError: raise ValueError(f"rpe_bias batch dims {tuple(rpe_bias.shape[:-1])} do not broadcast with {tuple(batch)}") from None
-    if key_padding_mask is not None:
-        check_tensor("key_padding_mask", key_padding_mask, "bool")
-        if key_padding_mask.dim() < 1 or key_padding_mask.shape[-1] != nk:
-            raise ValueError(f"key_padding_mask must have shape [..., n] = [..., {nk}], got {tuple(key_padding_mask.shape)}")
-        try: batch = torch.broadcast_shapes(batch, key_padding_mask.shape[:-1])
-        except RuntimeError: raise ValueError(f"key_padding_mask batch dims {tuple(key_padding_mask.shape[:-1])} do not broadcast "
-                                              f"with {tuple(batch)}; for [B, H, n, d] inputs pass [B, 1, n]") from None
     return nq, nk, batch
 
-# %% ../nbs/02_attention.ipynb #727372b9
+# %% ../nbs/02_attention.ipynb #32f22f2e
+def _check_rpe_bias(rpe_bias, nk, batch):
+    "A bias [..., 2n-1] whose batch dims broadcast with batch; return the broadcast batch shape."
+    _check_coeffs("rpe_bias", rpe_bias, nk)
+    try: return torch.broadcast_shapes(batch, rpe_bias.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"rpe_bias batch dims {tuple(rpe_bias.shape[:-1])} "
+                         f"do not broadcast with {tuple(batch)}") from None
+
+def _check_key_padding(key_padding_mask, nk, batch):
+    "A bool mask [..., n_k] whose batch dims broadcast with batch; return the broadcast batch shape."
+    check_tensor("key_padding_mask", key_padding_mask, "bool")
+    if key_padding_mask.dim() < 1 or key_padding_mask.shape[-1] != nk:
+        raise ValueError(f"key_padding_mask must have shape [..., n] = [..., {nk}], "
+                         f"got {tuple(key_padding_mask.shape)}")
+    try: return torch.broadcast_shapes(batch, key_padding_mask.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"key_padding_mask batch dims {tuple(key_padding_mask.shape[:-1])} do not broadcast "
+                         f"with {tuple(batch)}; for [B, H, n, d] inputs pass [B, 1, n]") from None
+
+# %% ../nbs/02_attention.ipynb #af057a2a
+def _check_attention(qn, q, k, v, rpe_bias, causal, key_padding_mask):
+    "Validate q/k/v-like inputs [..., n, *]; return (n_q, n_k, batch shape)."
+    nq, nk, batch = _check_qkv(qn, q, k, v, rpe_bias, causal)
+    if rpe_bias is not None: batch = _check_rpe_bias(rpe_bias, nk, batch)
+    if key_padding_mask is not None: batch = _check_key_padding(key_padding_mask, nk, batch)
+    return nq, nk, batch
+
+# %% ../nbs/02_attention.ipynb #7d58fb83
 def rpe_matrix(rpe_bias: Tensor, # [..., 2n-1], entry (j - i) + n - 1 for query i, key j
               ) -> Tensor: # [..., n, n] with B[i, j] = rpe_bias[(j - i) + n - 1]
     "Dense bias matrix of a relative positional bias vector: the Toeplitz matrix `naive_toeplitz_matrix(rpe_bias)`."
     return naive_toeplitz_matrix(rpe_bias)
 
+# %% ../nbs/02_attention.ipynb #727372b9
 def softmax_attention(q: Tensor, # [..., n_q, d] queries
                       k: Tensor, # [..., n_k, d] keys
                       v: Tensor, # [..., n_k, d_v] values
@@ -64,12 +83,13 @@ def softmax_attention(q: Tensor, # [..., n_q, d] queries
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     work, out_dtype = work_dtype(q, k, v), torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     with torch.autocast(q.device.type, enabled=False):
-        logits = (q.to(work) @ k.to(work).transpose(-1, -2)) * scale
+        logits = (q.to(work) @ k.to(work).transpose(-1, -2)) * scale     # [..., n_q, d] @ [..., d, n_k]
         if rpe_bias is not None: logits = logits + rpe_matrix(rpe_bias.to(work))
         allowed = allowed_mask(nq, nk, causal, key_padding_mask, q.device)
         if allowed is not None: logits = logits.masked_fill(~allowed, float("-inf"))
         p = torch.softmax(logits, -1)
-        if allowed is not None: p = p.masked_fill(~allowed.any(-1, keepdim=True), 0.0)   # all-masked rows -> 0; NaN stays NaN
+        if allowed is not None:                          # all-masked rows -> 0; NaN stays NaN
+            p = p.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
         return (p @ v.to(work)).to(out_dtype)
 
 # %% ../nbs/02_attention.ipynb #8611c067
@@ -82,7 +102,7 @@ def naive_kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features
                               ) -> Tensor: # [..., n_q, d_v]
     "O(n^2) reference: sum_j w_ij v_j / sum_j w_ij with w_ij = exp(b_{j-i}) phi_q_i . phi_k_j."
     nq, nk, _ = _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
-    w = phi_q @ phi_k.transpose(-1, -2)
+    w = phi_q @ phi_k.transpose(-1, -2)                  # [..., n_q, m] @ [..., m, n_k] -> [..., n_q, n_k]
     if rpe_bias is not None: w = w * torch.exp(rpe_matrix(rpe_bias))
     allowed = allowed_mask(nq, nk, causal, key_padding_mask, w.device)
     if allowed is not None: w = torch.where(allowed, w, torch.zeros((), dtype=w.dtype, device=w.device))
@@ -96,12 +116,12 @@ def _prepare(phi_q, phi_k, v, key_padding_mask):
     phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
     v1 = ones_column(v)
     if key_padding_mask is not None:
-        keep = ~key_padding_mask.unsqueeze(-1)
+        keep = ~key_padding_mask.unsqueeze(-1)                # [..., n_k] -> [..., n_k, 1]
         zero = torch.zeros((), dtype=work, device=v.device)
         phi_k, v1 = torch.where(keep, phi_k, zero), torch.where(keep, v1, zero)
     return phi_q, phi_k, v1
 
-
+# %% ../nbs/02_attention.ipynb #543e36b0
 def value_box(v: Tensor, # [..., n_k, d_v] values
               causal: bool = False, # box of the keys j <= i for query i
               key_padding_mask: Tensor | None = None, # [..., n_k] bool, True = ignore that key
@@ -109,11 +129,12 @@ def value_box(v: Tensor, # [..., n_k, d_v] values
     "Per-column range of the values a query may attend to (empty rows: lo = +inf > hi = -inf)."
     lo, hi = v, v
     if key_padding_mask is not None:
-        pad = key_padding_mask.unsqueeze(-1)
+        pad = key_padding_mask.unsqueeze(-1)                  # [..., n_k] -> [..., n_k, 1]
         lo, hi = v.masked_fill(pad, float("inf")), v.masked_fill(pad, -float("inf"))
     if causal: return lo.cummin(-2).values, hi.cummax(-2).values
     return lo.amin(-2, keepdim=True), hi.amax(-2, keepdim=True)
 
+# %% ../nbs/02_attention.ipynb #9d7f496b
 def clip_to_values(out: Tensor, # [..., n_q, d_v] an attention estimate
                    v: Tensor, # [..., n_k, d_v] values
                    causal: bool = False, key_padding_mask: Tensor | None = None,
@@ -124,32 +145,44 @@ def clip_to_values(out: Tensor, # [..., n_q, d_v] an attention estimate
 
 # %% ../nbs/02_attention.ipynb #ae44afda
 def _bidirectional(phi_q, phi_k, v1):
-    return phi_q @ (phi_k.transpose(-1, -2) @ v1)          # [..., n_q, m] @ [..., m, d_v+1]
+    return phi_q @ (phi_k.transpose(-1, -2) @ v1)          # [..., n_q, m] @ ([..., m, n_k] @ [..., n_k, d_v+1])
+
+# %% ../nbs/02_attention.ipynb #244351f2
+def _blocks(t, N, C):
+    "[..., n, f] -> [..., N, C, f], zero-padded at the end to N*C positions."
+    pad = N * C - t.shape[-2]
+    if pad: t = torch.nn.functional.pad(t, (0, 0, 0, pad))
+    return t.reshape(*t.shape[:-2], N, C, t.shape[-1])       # [..., N*C, f] -> [..., N, C, f]
+
+# %% ../nbs/02_attention.ipynb #eeb1a100
+def _group_size(N, C, m, dv, batch_shapes, element_size, group_bytes):
+    "Chunks per group under group_bytes (None: all N), the groups of as even a size as possible."
+    if group_bytes is None: return N
+    per_chunk = math.prod(torch.broadcast_shapes(*batch_shapes)) * (C * C + 2 * C * dv + 2 * m * dv) * element_size
+    return _even(N, max(1, group_bytes // per_chunk))
+
+# %% ../nbs/02_attention.ipynb #491f60bb
+def _group_step(q_, k_, v_, carry):
+    "Causal outputs of a group of chunks [..., G, C, *] given the sum over earlier groups; returns (out, carry)."
+    local = (q_ @ k_.transpose(-1, -2)).tril() @ v_     # [..., G, C, C] @ [..., G, C, dv] -> [..., G, C, dv], j <= i
+    state = k_.transpose(-1, -2) @ v_                   # [..., G, m, C] @ [..., G, C, dv] -> [..., G, m, dv]
+    prefix = torch.cat([torch.zeros_like(state[..., :1, :, :]), state[..., :-1, :, :].cumsum(-3)], -3)
+    if carry is not None: prefix = prefix + carry[..., None, :, :]      # [..., m, dv] -> [..., 1, m, dv]
+    return local + q_ @ prefix, prefix[..., -1, :, :] + state[..., -1, :, :]
 
 # %% ../nbs/02_attention.ipynb #52c6b60d
 def _causal_chunked(phi_q, phi_k, v1, chunk_size, group_bytes=None):
     "Causal sums by chunks: the chunks of a group in parallel, one running [m, dv] state carried between groups."
     n, m, dv = phi_q.shape[-2], phi_q.shape[-1], v1.shape[-1]
-    C = max(1, min(chunk_size, n)); N = math.ceil(n / C); pad = N * C - n
-    def blocks(t):                                          # [..., n, f] -> [..., N, C, f], zero-padded at the end
-        if pad: t = torch.nn.functional.pad(t, (0, 0, 0, pad))
-        return t.reshape(*t.shape[:-2], N, C, t.shape[-1])
-    bq, bk, bv = blocks(phi_q), blocks(phi_k), blocks(v1)
+    C = max(1, min(chunk_size, n))
+    N = math.ceil(n / C)
+    bq, bk, bv = _blocks(phi_q, N, C), _blocks(phi_k, N, C), _blocks(v1, N, C)     # [..., N, C, f]
     if group_bytes is None: group_bytes = _group_bytes(phi_q.device)     # the planner's (kattn.toeplitz) default
-    G = N
-    if group_bytes is not None:                             # scores, local, q @ prefix, state and prefix of one chunk
-        per_chunk = math.prod(torch.broadcast_shapes(bq.shape[:-3], bk.shape[:-3], bv.shape[:-3])) * (
-            C * C + 2 * C * dv + 2 * m * dv) * phi_q.element_size()
-        G = _even(N, max(1, group_bytes // per_chunk))
+    G = _group_size(N, C, m, dv, (bq.shape[:-3], bk.shape[:-3], bv.shape[:-3]), phi_q.element_size(), group_bytes)
     outs, carry = [], None                                  # carry [..., m, dv]: the sum over all earlier groups
     for g in range(0, N, G):
-        q_, k_, v_ = (t[..., g:g + G, :, :] for t in (bq, bk, bv))
-        local = (q_ @ k_.transpose(-1, -2)).tril() @ v_     # [..., G, C, dv]  intra-chunk, j <= i
-        state = k_.transpose(-1, -2) @ v_                   # [..., G, m, dv]  per-chunk sums
-        prefix = torch.cat([torch.zeros_like(state[..., :1, :, :]), state[..., :-1, :, :].cumsum(-3)], -3)
-        if carry is not None: prefix = prefix + carry[..., None, :, :]
-        outs.append(local + q_ @ prefix)                    # exclusive prefix over all earlier chunks
-        carry = prefix[..., -1, :, :] + state[..., -1, :, :]
+        out, carry = _group_step(*(t[..., g:g + G, :, :] for t in (bq, bk, bv)), carry)
+        outs.append(out)
     out = torch.cat(outs, -3) if len(outs) > 1 else outs[0]
     return out.reshape(*out.shape[:-3], N * C, dv)[..., :n, :]           # [..., N, C, dv] -> [..., n, dv]
 
@@ -157,28 +190,30 @@ def _causal_chunked(phi_q, phi_k, v1, chunk_size, group_bytes=None):
 def _rpe_weights(rpe_bias, causal, work):
     "c = exp(b - max b), the max over the admissible offsets (j - i <= 0 when causal), detached."
     b = rpe_bias.to(work)
-    with torch.no_grad(): mx = (_causal_coeffs(b, -float("inf")) if causal else b).amax(-1, keepdim=True)
+    with torch.no_grad():
+        mx = (_causal_coeffs(b, -float("inf")) if causal else b).amax(-1, keepdim=True)
     return torch.exp(b - mx)
 
 # %% ../nbs/02_attention.ipynb #9a02f685
 def kernelized_attention(phi_q: Tensor, # [..., n_q, m] query features (from a FeatureMap with is_query=True)
                          phi_k: Tensor, # [..., n_k, m] key features
                          v: Tensor, # [..., n_k, d_v] values
-                         rpe_bias: Tensor | None = None, # [..., 2n-1] relative bias b_{j-i}; weight multiplied by exp(b)
+                         rpe_bias: Tensor | None = None, # [..., 2n-1] relative bias b_{j-i}; weights times exp(b)
                          causal: bool = False, # key j contributes to query i only when j <= i
                          key_padding_mask: Tensor | None = None, # [..., n_k] bool, True = ignore that key
                          *,
                          chunk_size: int = 64, # positions per chunk of the causal path without bias
                          eps: float = DEN_EPS, # denominator guard
-                         clip: bool = False, # project rows into the admissible values' box (for sign-indefinite features)
+                         clip: bool = False, # project rows into the admissible values' box (sign-indefinite features)
                         ) -> Tensor: # [..., n_q, d_v]
-    "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j (RPE: `lowrank_toeplitz_matmul`)."
+    "Kernelized attention sum_j w_ij v_j / sum_j w_ij, w_ij = exp(b_{j-i}) phi_q_i . phi_k_j."
     _, _, batch = _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, rpe_bias, causal, key_padding_mask)
     check_pos_int("chunk_size", chunk_size)
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)           # v1 = [v, 1]: [..., n, d_v+1]
-        if rpe_bias is not None: out1 = _lowrank(_rpe_weights(rpe_bias, causal, fq.dtype), fq, fk, v1, causal, batch)   # checked above
+        if rpe_bias is not None:            # RPE: lowrank_toeplitz_matmul's core (operands checked above)
+            out1 = _lowrank(_rpe_weights(rpe_bias, causal, fq.dtype), fq, fk, v1, causal, batch)
         elif causal: out1 = _causal_chunked(fq, fk, v1, chunk_size)
         else: out1 = _bidirectional(fq, fk, v1)
         out = split_divide(out1, eps).to(fq.dtype)
@@ -227,15 +262,17 @@ def kernelized_softmax_attention(q: Tensor, # [..., n, d] queries
                                  rpe_bias: Tensor | None = None, # [..., 2n-1]
                                  causal: bool = False, # keys j <= i only
                                  key_padding_mask: Tensor | None = None, # [..., n] bool, True = ignore
-                                 scale: float | None = None, # softmax logit scale; default 1/sqrt(d), split as d^-1/4 on q and k
+                                 scale: float | None = None, # logit scale; default 1/sqrt(d), as d^-1/4 on q and k
                                  *,
                                  feature_map, # a FeatureMap (same instance for queries and keys)
-                                 **kwargs) -> Tensor: # [..., n, d_v]; kwargs: kernelized_attention's options (keyword only)
+                                 **kwargs, # kernelized_attention's options (keyword only)
+                                ) -> Tensor: # [..., n, d_v]
     "Random-feature estimate of softmax_attention(q, k, v, ...) with the same scale."
     s = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
     return kernelized_attention(feature_map(q * s, is_query=True), feature_map(k * s), v, rpe_bias, causal,
                                 key_padding_mask, **kwargs)
 
+# %% ../nbs/02_attention.ipynb #3c86e606
 def normalized_softmax_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d], [..., n, d], [..., n, d_v]
                                  rpe_bias: Tensor | None = None, causal: bool = False,
                                  key_padding_mask: Tensor | None = None,
@@ -246,6 +283,7 @@ def normalized_softmax_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d],
     "Exact softmax(scale * q_hat.k_hat + b) v with l2-normalized q and k: what NPRF approximates."
     return softmax_attention(l2_normalize(q, eps), l2_normalize(k, eps), v, rpe_bias, causal, key_padding_mask, scale)
 
+# %% ../nbs/02_attention.ipynb #0b572d72
 def normalized_kernelized_attention(q: Tensor, k: Tensor, v: Tensor, # [..., n, d], [..., n, d], [..., n, d_v]
                                     rpe_bias: Tensor | None = None, causal: bool = False,
                                     key_padding_mask: Tensor | None = None,

@@ -22,6 +22,19 @@ from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRando
 from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
 from .structured_rpe import t5_buckets
 
+# %% ../nbs/06_layers.ipynb #03751004
+def _bias_table(num_heads: int, size: int, init_std: float) -> Tensor: # [num_heads, size] initial bias values
+    "Zeros (e^b = 1, a uniform positional prior), or N(0, init_std^2) draws from the global generator."
+    return torch.randn(num_heads, size) * init_std if init_std else torch.zeros(num_heads, size)
+
+# %% ../nbs/06_layers.ipynb #ded892c0
+def _check_len(n: int, max_len: int):
+    "n is a positive int and fits a table built for max_len positions."
+    check_pos_int("n", n)
+    if n > max_len:
+        raise ValueError(f"sequence length n={n} exceeds the RPE table's max_len={max_len}; "
+                         f"build RelativePositionBias(num_heads, max_len>={n})")
+
 # %% ../nbs/06_layers.ipynb #530a5e96
 class RelativePositionBias(nn.Module):
     "Learnable b_{j-i} per head (Luo Eq. 6, T5): forward(n) -> [num_heads, 2n-1]; share one instance across layers."
@@ -33,26 +46,34 @@ class RelativePositionBias(nn.Module):
                  init_std: float = 0.0, # 0: zero init (uniform positional prior)
                 ):
         super().__init__()
-        check_pos_int("num_heads", num_heads); check_pos_int("max_len", max_len)
+        check_pos_int("num_heads", num_heads)
+        check_pos_int("max_len", max_len)
         if num_buckets is not None: check_pos_int("num_buckets", num_buckets)
         self.num_heads, self.max_len, self.num_buckets = num_heads, max_len, num_buckets
         size = 2 * max_len - 1 if num_buckets is None else num_buckets
-        self.weight = nn.Parameter(torch.randn(num_heads, size) * init_std if init_std else torch.zeros(num_heads, size))
-        if num_buckets is not None:
-            offsets = torch.arange(-(max_len - 1), max_len)
-            self.register_buffer("bucket", t5_buckets(offsets, num_buckets, max_distance, bidirectional), persistent=False)
+        self.weight = nn.Parameter(_bias_table(num_heads, size, init_std))
+        if num_buckets is not None:                   # [2L-1]: the bucket of every offset -(L-1)..L-1
+            bucket = t5_buckets(torch.arange(-(max_len - 1), max_len), num_buckets, max_distance, bidirectional)
+            self.register_buffer("bucket", bucket, persistent=False)
 
     def forward(self, n: int, # sequence length, 1 <= n <= max_len
                ) -> Tensor: # [num_heads, 2n-1], entry (j - i) + n - 1
         "The RPE vector for length n."
-        check_pos_int("n", n)
-        if n > self.max_len:
-            raise ValueError(f"sequence length n={n} exceeds the RPE table's max_len={self.max_len}; "
-                             f"build RelativePositionBias(num_heads, max_len>={n})")
-        lo, hi = self.max_len - n, self.max_len + n - 1
+        _check_len(n, self.max_len)
+        lo, hi = self.max_len - n, self.max_len + n - 1          # offsets -(n-1)..n-1 of the table's -(L-1)..L-1
         return self.weight[:, lo:hi] if self.num_buckets is None else self.weight[:, self.bucket[lo:hi]]
 
-    def extra_repr(self): return f"num_heads={self.num_heads}, max_len={self.max_len}, num_buckets={self.num_buckets}"
+    def extra_repr(self):
+        return f"num_heads={self.num_heads}, max_len={self.max_len}, num_buckets={self.num_buckets}"
+
+# %% ../nbs/06_layers.ipynb #5a9fc8c8
+def _grid_offset_index(h: int, w: int) -> Tensor: # [h*w, h*w] long: table entry of the offset pos_j - pos_i
+    "Index into a [(2h-1)(2w-1)] table of 2D offsets for every (query i, key j) pair of the flattened h x w grid."
+    r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")      # [h, w] row / column of each patch
+    r, c = r.flatten(), c.flatten()                                              # [h, w] -> [h*w]
+    dr = r[None, :] - r[:, None] + h - 1                                         # [h*w, h*w] key - query row, >= 0
+    dc = c[None, :] - c[:, None] + w - 1                                         # [h*w, h*w] key - query column
+    return dr * (2 * w - 1) + dc
 
 # %% ../nbs/06_layers.ipynb #db4a1f93
 class RelativePositionBias2D(nn.Module):
@@ -63,38 +84,58 @@ class RelativePositionBias2D(nn.Module):
                 ):
         super().__init__()
         check_pos_int("num_heads", num_heads)
-        h, w = grid; check_pos_int("grid[0]", h); check_pos_int("grid[1]", w)
+        h, w = grid
+        check_pos_int("grid[0]", h)
+        check_pos_int("grid[1]", w)
         self.num_heads, self.grid = num_heads, (h, w)
-        size = (2 * h - 1) * (2 * w - 1)
-        self.weight = nn.Parameter(torch.randn(num_heads, size) * init_std if init_std else torch.zeros(num_heads, size))
-        r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        r, c = r.flatten(), c.flatten()
-        idx = (r[None, :] - r[:, None] + h - 1) * (2 * w - 1) + (c[None, :] - c[:, None] + w - 1)   # key - query offsets
-        self.register_buffer("index", idx, persistent=False)
+        self.weight = nn.Parameter(_bias_table(num_heads, (2 * h - 1) * (2 * w - 1), init_std))
+        self.register_buffer("index", _grid_offset_index(h, w), persistent=False)
 
     def forward(self) -> Tensor: # [num_heads, h*w, h*w], entry [h, i, j] = b(pos_j - pos_i)
         "The dense bias matrix over the flattened grid."
-        return self.weight[:, self.index]
+        return self.weight[:, self.index]          # [H, (2h-1)(2w-1)] -> [H, h*w, h*w]
 
-# %% ../nbs/06_layers.ipynb #62717f1a
+# %% ../nbs/06_layers.ipynb #285ba912
 def _padding_and_causal(nq, nk, causal, key_padding_mask, device):
     "Bool [..., nq, nk] admissible keys (None when all are) and bool [..., nq, 1] rows with no admissible key."
     allowed = allowed_mask(nq, nk, causal, key_padding_mask, device)
     return (None, None) if allowed is None else (allowed, ~allowed.any(-1, keepdim=True))
 
+# %% ../nbs/06_layers.ipynb #a1c9cda8
 def _check_bias_args(nq, nk, rpe_bias, causal, attn_bias):
     "The layers' shape rules for a relative bias, causal masking and a dense bias (as in kattn.attention)."
     if (causal or rpe_bias is not None) and nq != nk:
         raise ValueError(f"q and k must have the same n for causal or RPE attention, got n_q={nq} and n_k={nk}")
     if rpe_bias is not None and (rpe_bias.dim() < 1 or rpe_bias.shape[-1] != 2 * nk - 1):
-        raise ValueError(f"rpe_bias must have shape [..., 2n-1] = [..., {2*nk-1}] for n = {nk}, got {tuple(rpe_bias.shape)}")
+        raise ValueError(f"rpe_bias must have shape [..., 2n-1] = [..., {2*nk-1}] for n = {nk}, "
+                         f"got {tuple(rpe_bias.shape)}")
     if attn_bias is not None and (attn_bias.dim() < 2 or tuple(attn_bias.shape[-2:]) != (nq, nk)):
-        raise ValueError(f"attn_bias must have shape [..., n_q, n_k] = [..., {nq}, {nk}], got {tuple(attn_bias.shape)}")
+        raise ValueError(f"attn_bias must have shape [..., n_q, n_k] = [..., {nq}, {nk}], "
+                         f"got {tuple(attn_bias.shape)}")
 
+# %% ../nbs/06_layers.ipynb #148f14bf
 def _nan_queries(q, out):
     "NaN rows of out where a query holds a NaN (the fused CPU kernels return 0 there)."
     return out.masked_fill(q.isnan().any(-1, keepdim=True), float("nan"))
 
+# %% ../nbs/06_layers.ipynb #b455603e
+def _merged_bias(rpe_bias, attn_bias):
+    "One additive logit bias [..., n_q, n_k]: the Toeplitz matrix of rpe_bias plus attn_bias (None when neither)."
+    bias = None if rpe_bias is None else rpe_matrix(rpe_bias)        # [..., 2n-1] -> [..., n, n]
+    if attn_bias is not None: bias = attn_bias if bias is None else bias + attn_bias
+    return bias
+
+def _float_mask(q, bias, allowed, empty):
+    "The additive SDPA mask: bias (or 0), -inf at inadmissible keys except in rows with none admissible."
+    auto = torch.is_autocast_enabled(q.device.type)
+    # autocast leaves float64 alone
+    dt = torch.get_autocast_dtype(q.device.type) if auto and q.dtype == torch.float32 else q.dtype
+    mask = torch.zeros((), dtype=dt, device=q.device) if bias is None else bias.to(dt)
+    if allowed is not None:            # rows with no admissible key attend anywhere and are zeroed by the caller
+        mask = torch.where(allowed | empty, mask, torch.tensor(float("-inf"), dtype=dt, device=q.device))
+    return mask
+
+# %% ../nbs/06_layers.ipynb #62717f1a
 class SoftmaxAttention(nn.Module):
     "Exact softmax attention via F.scaled_dot_product_attention (semantics of kattn.attention.softmax_attention)."
     bias_row_decoding = True # step(): attend from the new query over cached keys with a dense bias row
@@ -113,21 +154,34 @@ class SoftmaxAttention(nn.Module):
         nq, nk = q.shape[-2], k.shape[-2]
         _check_bias_args(nq, nk, rpe_bias, causal, attn_bias)
         if self.normalize: q, k = l2_normalize(q, self.norm_eps), l2_normalize(k, self.norm_eps)
-        bias = None if rpe_bias is None else rpe_matrix(rpe_bias)
-        if attn_bias is not None: bias = attn_bias if bias is None else bias + attn_bias
+        bias = _merged_bias(rpe_bias, attn_bias)
         allowed, empty = _padding_and_causal(nq, nk, causal, key_padding_mask, q.device)
         p = self.dropout if self.training else 0.0
         if bias is None and allowed is None:
             return _nan_queries(q, F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale))
         if bias is None and key_padding_mask is None and nq == nk:         # causal only: the fused kernel
-            return _nan_queries(q, F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale))
-        auto = torch.is_autocast_enabled(q.device.type)
-        dt = torch.get_autocast_dtype(q.device.type) if auto and q.dtype == torch.float32 else q.dtype   # autocast leaves float64 alone
-        mask = torch.zeros((), dtype=dt, device=q.device) if bias is None else bias.to(dt)
-        if allowed is not None:            # rows with no admissible key attend anywhere and are zeroed below
-            mask = torch.where(allowed | empty, mask, torch.tensor(float("-inf"), dtype=dt, device=q.device))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale)
+            return _nan_queries(q, out)
+        mask = _float_mask(q, bias, allowed, empty)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
         return _nan_queries(q, out) if empty is None else _nan_queries(q, out).masked_fill(empty, 0.0)
+
+# %% ../nbs/06_layers.ipynb #4df37936
+def _transform_qk(q, k, scale, normalize, norm_eps):
+    "q~, k~: l2-normalized when normalize, then times s**0.5 (s: scale, default 1/sqrt(d_h), or 1 when normalize)."
+    s = (1.0 if normalize else q.shape[-1] ** -0.5) if scale is None else scale
+    work = work_dtype(q, k)
+    q, k = q.to(work), k.to(work)          # scale/normalize in float32: bf16 rounding here shifts TRF phases
+    if normalize: q, k = l2_normalize(q, norm_eps), l2_normalize(k, norm_eps)
+    if s != 1.0: q, k = q * s ** 0.5, k * s ** 0.5
+    return q, k
+
+# %% ../nbs/06_layers.ipynb #935254eb
+def _check_feature_map(feature_map, clip):
+    "A FeatureMap, and clip None, True or False."
+    if not isinstance(feature_map, FeatureMap):
+        raise TypeError(f"feature_map must be a FeatureMap, got {type(feature_map).__name__}")
+    if clip not in (None, True, False): raise TypeError(f"clip must be None, True or False, got {clip!r}")
 
 # %% ../nbs/06_layers.ipynb #db9e0ab0
 class KernelizedAttention(nn.Module):
@@ -137,20 +191,16 @@ class KernelizedAttention(nn.Module):
                  scale: float | None = None, # logit scale s (q, k multiplied by s**0.5); default 1/sqrt(head_dim)
                  normalize: bool = False, # l2-normalize q and k first (Luo's NPRF; then scale defaults to 1)
                  norm_eps: float = NORM_EPS, # clamp of the norms
-                 clip: bool | None = None, # project output rows into the values' box; None: the map's `clip_output` (TRF only)
+                 clip: bool | None = None, # project output rows into the values' box; None: the map's clip_output
                 ):
         super().__init__()
-        if not isinstance(feature_map, FeatureMap): raise TypeError(f"feature_map must be a FeatureMap, got {type(feature_map).__name__}")
-        if clip not in (None, True, False): raise TypeError(f"clip must be None, True or False, got {clip!r}")
-        self.feature_map, self.scale, self.normalize, self.norm_eps, self._clip = feature_map, scale, normalize, norm_eps, clip
+        _check_feature_map(feature_map, clip)
+        self.feature_map, self.scale, self.normalize = feature_map, scale, normalize
+        self.norm_eps, self._clip = norm_eps, clip
 
     def features(self, q: Tensor, k: Tensor) -> tuple: # (phi_q [..., n_q, m], phi_k [..., n_k, m])
         "Transform and map queries and keys."
-        s = (1.0 if self.normalize else q.shape[-1] ** -0.5) if self.scale is None else self.scale
-        work = work_dtype(q, k)
-        q, k = q.to(work), k.to(work)          # scale/normalize in float32: bf16 rounding here shifts TRF phases
-        if self.normalize: q, k = l2_normalize(q, self.norm_eps), l2_normalize(k, self.norm_eps)
-        if s != 1.0: q, k = q * s ** 0.5, k * s ** 0.5
+        q, k = _transform_qk(q, k, self.scale, self.normalize, self.norm_eps)
         return self.feature_map(q, is_query=True), self.feature_map(k)
 
     def forward(self, q, k, v, rpe_bias=None, causal=False, key_padding_mask=None, attn_bias=None):
@@ -158,20 +208,21 @@ class KernelizedAttention(nn.Module):
         _check_bias_args(q.shape[-2], k.shape[-2], rpe_bias, causal, attn_bias)
         phi_q, phi_k = self.features(q, k)
         out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-        if attn_bias is not None:
-            if rpe_bias is not None: attn_bias = attn_bias + rpe_matrix(rpe_bias)
-            return dense_kernelized_attention(phi_q, phi_k, v, attn_bias, causal, key_padding_mask, clip=self.clip).to(out_dtype)
+        if attn_bias is not None:                 # a dense bias (plus the RPE matrix): the O(n^2) path
+            bias = _merged_bias(rpe_bias, attn_bias)
+            out = dense_kernelized_attention(phi_q, phi_k, v, bias, causal, key_padding_mask, clip=self.clip)
+            return out.to(out_dtype)
         return kernelized_attention(phi_q, phi_k, v, rpe_bias, causal, key_padding_mask, clip=self.clip).to(out_dtype)
 
     @property
-    def clip(self) -> bool: # keep output rows in the values' box (TRF by default; learned RKS maps stay as the official code)
+    def clip(self) -> bool: # keep output rows in the values' box (TRF by default; learned RKS maps: no, as official)
         return self.feature_map.clip_output if self._clip is None else self._clip
 
-# %% ../nbs/06_layers.ipynb #8bc534ef
+# %% ../nbs/06_layers.ipynb #9d2fa56b
 @dataclass
 class AttentionSpec:
     "One registry entry: how to build an algorithm and what it supports."
-    build: Callable # (head_dim, num_heads, **options) -> nn.Module with forward(q, k, v, rpe_bias, causal, key_padding_mask, attn_bias)
+    build: Callable # (head_dim, num_heads, **options) -> the algorithm (forward as described above)
     causal: bool # supports causal=True
     rpe: str # "none" | "optional" | "required": relative position bias
     feature_map: str # how the feature map is built (documentation)
@@ -179,14 +230,17 @@ class AttentionSpec:
     paper: str = "" # where the algorithm comes from
     recurrent: bool = False # O(1)-state incremental decoding when causal and without RPE
 
+# %% ../nbs/06_layers.ipynb #8bc534ef
 ATTENTIONS: dict[str, AttentionSpec] = {}
 
 def register_attention(name: str, # registry key
                        spec: AttentionSpec, # the entry
                       ) -> AttentionSpec:
     "Add (or replace) a registry entry."
-    if not isinstance(spec, AttentionSpec): raise TypeError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
-    if spec.rpe not in ("none", "optional", "required"): raise ValueError(f"spec.rpe must be none/optional/required, got {spec.rpe!r}")
+    if not isinstance(spec, AttentionSpec):
+        raise TypeError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
+    if spec.rpe not in ("none", "optional", "required"):
+        raise ValueError(f"spec.rpe must be none/optional/required, got {spec.rpe!r}")
     ATTENTIONS[name] = spec
     return spec
 
@@ -196,55 +250,73 @@ def get_attention(name: str) -> AttentionSpec:
         raise ValueError(f"unknown attention {name!r}; valid names: {', '.join(sorted(ATTENTIONS))}")
     return ATTENTIONS[name]
 
-# %% ../nbs/06_layers.ipynb #db771ba1
+# %% ../nbs/06_layers.ipynb #8c7eab50
+def _build_algorithm(spec, attention, head_dim, num_heads, options):
+    "spec.build(head_dim, num_heads, **options); a TypeError names the options and the attention."
+    try: return spec.build(head_dim, num_heads, **options)
+    except TypeError as e: raise TypeError(f"bad options {sorted(options)} for attention {attention!r}: {e}") from e
+
+# %% ../nbs/06_layers.ipynb #f0dafe99
 def _softmax(head_dim, num_heads, dropout=0.0, scale=None):
-    check_pos_int("head_dim", head_dim); check_pos_int("num_heads", num_heads)
+    check_pos_int("head_dim", head_dim)
+    check_pos_int("num_heads", num_heads)
     return SoftmaxAttention(dropout, scale)
 
 def _normalized_softmax(head_dim, num_heads, dropout=0.0, scale=1.0):
-    check_pos_int("head_dim", head_dim); check_pos_int("num_heads", num_heads)
+    check_pos_int("head_dim", head_dim)
+    check_pos_int("num_heads", num_heads)
     return SoftmaxAttention(dropout, scale, normalize=True)
 
+# %% ../nbs/06_layers.ipynb #2929fa93
 def _linear_elu(head_dim, num_heads):
     return KernelizedAttention(EluFeatures(head_dim), scale=1.0)
 
 def _performer(head_dim, num_heads, num_features=None, orthogonal=True, redraw_interval=1000, seed=None, scale=None):
-    return KernelizedAttention(PositiveRandomFeatures(head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed,
-                                                      redraw_interval=redraw_interval), scale=scale)
+    fm = PositiveRandomFeatures(head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed,
+                                redraw_interval=redraw_interval)
+    return KernelizedAttention(fm, scale=scale)
 
 def _trf(head_dim, num_heads, num_features=None, orthogonal=True, redraw_interval=1000, seed=None, scale=None):
-    return KernelizedAttention(TrigonometricRandomFeatures(head_dim, num_features or head_dim, orthogonal=orthogonal,
-                                                           seed=seed, redraw_interval=redraw_interval), scale=scale)
+    fm = TrigonometricRandomFeatures(head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed,
+                                     redraw_interval=redraw_interval)
+    return KernelizedAttention(fm, scale=scale)
 
-def _nprf(head_dim, num_heads, num_features=None, orthogonal=False, redraw_interval=1, seed=None, scale=1.0, sphere=False,
-          features="prf"):
+# %% ../nbs/06_layers.ipynb #1d4545b4
+def _nprf(head_dim, num_heads, num_features=None, orthogonal=False, redraw_interval=1, seed=None, scale=1.0,
+          sphere=False, features="prf"):
     maps = {"prf": PositiveRandomFeatures, "trf": TrigonometricRandomFeatures}   # Luo Fig. 3b compares both
     check_choice("features", features, maps)
     fm = maps[features](head_dim, num_features or head_dim, orthogonal=orthogonal, seed=seed, sphere=sphere,
                         redraw_interval=redraw_interval)
     return KernelizedAttention(fm, scale=scale, normalize=True)
 
-register_attention("softmax", AttentionSpec(_softmax, causal=True, rpe="optional", feature_map="none (exact)",
-                                            paper="Vaswani et al. 2017; bias: Raffel et al. 2020 / Luo Eq. 6"))
-register_attention("softmax_rpe", AttentionSpec(_softmax, causal=True, rpe="required", feature_map="none (exact)",
-                                                paper="Luo et al. 2021 Eq. 6 (exact baseline with RPE)"))
-register_attention("normalized_softmax", AttentionSpec(_normalized_softmax, causal=True, rpe="optional",
-                                                       feature_map="none (exact) on l2-normalized q, k",
-                                                       paper="Luo et al. 2021 §3.3 / Fig. 2 (normalized attention)"))
-register_attention("linear_elu", AttentionSpec(_linear_elu, causal=True, rpe="optional", recurrent=True,
-                                               feature_map="EluFeatures(head_dim): elu(x)+1 on raw q, k",
-                                               paper="Katharopoulos et al. 2020"))
-register_attention("performer", AttentionSpec(_performer, causal=True, rpe="optional", recurrent=True,
-                                              feature_map="PositiveRandomFeatures(head_dim, m=head_dim, orthogonal) on d^-1/4 q, k",
-                                              paper="Choromanski et al. 2021 (FAVOR+); Luo Eq. 4"))
-register_attention("trf", AttentionSpec(_trf, causal=True, rpe="optional", recurrent=True,
-                                        feature_map="TrigonometricRandomFeatures(head_dim, m=head_dim) on d^-1/4 q, k",
-                                        paper="Peng et al. 2021 (RFA); Luo Eq. 5"))
-register_attention("nprf_rpe", AttentionSpec(_nprf, causal=True, rpe="optional", default_rpe=True, recurrent=True,
-                                             feature_map="PositiveRandomFeatures(head_dim, m=head_dim, iid) on l2-normalized q, k",
-                                             paper="Luo et al. 2021, Algorithm 1 (NPRF with RPE)"))
+# %% ../nbs/06_layers.ipynb #ae352475
+register_attention("softmax", AttentionSpec(
+    _softmax, causal=True, rpe="optional", feature_map="none (exact)",
+    paper="Vaswani et al. 2017; bias: Raffel et al. 2020 / Luo Eq. 6"))
+register_attention("softmax_rpe", AttentionSpec(
+    _softmax, causal=True, rpe="required", feature_map="none (exact)",
+    paper="Luo et al. 2021 Eq. 6 (exact baseline with RPE)"))
+register_attention("normalized_softmax", AttentionSpec(
+    _normalized_softmax, causal=True, rpe="optional", feature_map="none (exact) on l2-normalized q, k",
+    paper="Luo et al. 2021 §3.3 / Fig. 2 (normalized attention)"))
+register_attention("linear_elu", AttentionSpec(
+    _linear_elu, causal=True, rpe="optional", recurrent=True,
+    feature_map="EluFeatures(head_dim): elu(x)+1 on raw q, k", paper="Katharopoulos et al. 2020"))
+register_attention("performer", AttentionSpec(
+    _performer, causal=True, rpe="optional", recurrent=True,
+    feature_map="PositiveRandomFeatures(head_dim, m=head_dim, orthogonal) on d^-1/4 q, k",
+    paper="Choromanski et al. 2021 (FAVOR+); Luo Eq. 4"))
+register_attention("trf", AttentionSpec(
+    _trf, causal=True, rpe="optional", recurrent=True,
+    feature_map="TrigonometricRandomFeatures(head_dim, m=head_dim) on d^-1/4 q, k",
+    paper="Peng et al. 2021 (RFA); Luo Eq. 5"))
+register_attention("nprf_rpe", AttentionSpec(
+    _nprf, causal=True, rpe="optional", default_rpe=True, recurrent=True,
+    feature_map="PositiveRandomFeatures(head_dim, m=head_dim, iid) on l2-normalized q, k",
+    paper="Luo et al. 2021, Algorithm 1 (NPRF with RPE)"))
 
-# %% ../nbs/06_layers.ipynb #b9edccff
+# %% ../nbs/06_layers.ipynb #0eac4d6b
 class CoreAdapter(nn.Module):
     "Adapts an attention core forward(q, k, v, key_padding_mask, causal) to the layer's algorithm interface (no bias)."
     def __init__(self, core: nn.Module, name: str):
@@ -255,18 +327,22 @@ class CoreAdapter(nn.Module):
             raise ValueError(f"attention {self.name!r} does not take a relative/dense position bias")
         return self.core(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
 
+# %% ../nbs/06_layers.ipynb #b9edccff
 def _ra(head_dim, num_heads, **kw): return CoreAdapter(RandomizedAttention(head_dim, **kw), "ra")
 def _rfa(head_dim, num_heads, per_head=False, **kw):
     "rfa; per_head=True gives every head its own draws (the official Performer), default one draw shared by all heads."
     return CoreAdapter(RandomFeatureAttention(head_dim, num_heads=num_heads if per_head else None, **kw), "rfa")
 def _lara(head_dim, num_heads, **kw): return CoreAdapter(LinearRandomizedAttention(head_dim, **kw), "lara")
 
-register_attention("ra", AttentionSpec(_ra, causal=True, rpe="none", feature_map="none: omega_n ~ the exact Gaussian mixture p_n",
-                                       paper="Zheng et al. 2022, RA (Algorithm 1)"))
-register_attention("rfa", AttentionSpec(_rfa, causal=True, rpe="none", feature_map="PRF in log space, 64 iid draws (train) / orthogonal buffer (eval)",
-                                        paper="Zheng et al. 2022, RFA as SNIS (Algorithm 2)"))
-register_attention("lara", AttentionSpec(_lara, causal=True, rpe="none", feature_map="C proposals N(mu_c, .), mu_c from learned query/key landmarks",
-                                         paper="Zheng et al. 2022, LARA (Algorithm 3); causal: kattn extension"))
+register_attention("ra", AttentionSpec(
+    _ra, causal=True, rpe="none", feature_map="none: omega_n ~ the exact Gaussian mixture p_n",
+    paper="Zheng et al. 2022, RA (Algorithm 1)"))
+register_attention("rfa", AttentionSpec(
+    _rfa, causal=True, rpe="none", feature_map="PRF in log space, 64 iid draws (train) / orthogonal buffer (eval)",
+    paper="Zheng et al. 2022, RFA as SNIS (Algorithm 2)"))
+register_attention("lara", AttentionSpec(
+    _lara, causal=True, rpe="none", feature_map="C proposals N(mu_c, .), mu_c from learned query/key landmarks",
+    paper="Zheng et al. 2022, LARA (Algorithm 3); causal: kattn extension"))
 
 # %% ../nbs/06_layers.ipynb #6060c9fa
 def _learned(cls, kind, per_head=False):
@@ -283,19 +359,62 @@ for _name, _cls, _per_head in [("gmm", GMMRandomFeatures, True), ("fastfood", Fa
             feature_map=f"{_cls.__name__}(head_dim, kind={_kind!r}) on d^-1/4 q, k; learned spectral parameters",
             paper=f"Chowdhury et al. 2022, {_name.capitalize()}-{_kind.upper()}"))
 
+# %% ../nbs/06_layers.ipynb #91874b7b
+def _layer_spec(d_model, num_heads, attention, causal):
+    "Validate the layer's widths, name and causality; return the registry entry."
+    check_pos_int("d_model", d_model)
+    check_pos_int("num_heads", num_heads)
+    if d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+    spec = get_attention(attention)
+    if causal and not spec.causal: raise ValueError(f"attention {attention!r} does not support causal=True "
+        f"(causal names: {', '.join(sorted(n for n, s in ATTENTIONS.items() if s.causal))})")
+    return spec
+
 # %% ../nbs/06_layers.ipynb #4101af9c
 def _resolve_rpe(name, spec, rpe, num_heads, max_len):
     if rpe is None: rpe = spec.default_rpe or spec.rpe == "required"
     if isinstance(rpe, RelativePositionBias):
-        if rpe.num_heads != num_heads: raise ValueError(f"shared rpe has num_heads={rpe.num_heads}, layer has {num_heads}")
+        if rpe.num_heads != num_heads:
+            raise ValueError(f"shared rpe has num_heads={rpe.num_heads}, layer has {num_heads}")
         if spec.rpe == "none": raise ValueError(f"attention {name!r} does not support rpe")
         return rpe
-    if not isinstance(rpe, bool): raise TypeError(f"rpe must be None, a bool or a RelativePositionBias, got {type(rpe).__name__}")
+    if not isinstance(rpe, bool):
+        raise TypeError(f"rpe must be None, a bool or a RelativePositionBias, got {type(rpe).__name__}")
     if rpe and spec.rpe == "none": raise ValueError(f"attention {name!r} does not support rpe; use rpe=False")
     if not rpe and spec.rpe == "required":
-        raise ValueError(f"attention {name!r} requires rpe (it is defined with a relative position bias); pass rpe=True")
+        raise ValueError(f"attention {name!r} requires rpe (it is defined with a relative position bias); "
+                         "pass rpe=True")
     return RelativePositionBias(num_heads, max_len) if rpe else None
 
+# %% ../nbs/06_layers.ipynb #d0a52dbe
+def _check_call(mha, x, context, key_padding_mask, attn_bias):
+    "Validate the inputs of MultiheadAttention.forward against the layer."
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != mha.d_model:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a [B, n, d_model={mha.d_model}] tensor, got {got}")
+    src = x if context is None else context
+    if context is not None:
+        if context.dim() != 3 or context.shape[0] != x.shape[0]:
+            raise ValueError(f"context must be [B={x.shape[0]}, n_k, kdim], got {tuple(context.shape)}")
+        if mha.causal:
+            raise ValueError("causal=True is for self-attention; cross-attention (context=...) is never causal")
+        if mha.rpe is not None:
+            raise ValueError("rpe needs self-attention (a relative bias between one sequence's positions)")
+    kpm = key_padding_mask
+    if kpm is not None and (kpm.dtype != torch.bool or kpm.shape != src.shape[:2]):
+        raise ValueError(f"key_padding_mask must be a bool [B, n_k] = {list(src.shape[:2])} tensor, "
+                         f"got {kpm.dtype} {tuple(kpm.shape)}")
+    if attn_bias is not None and tuple(attn_bias.shape[-2:]) != (x.shape[1], src.shape[1]):
+        raise ValueError(f"attn_bias must be [..., n_q, n_k] = [..., {x.shape[1]}, {src.shape[1]}], "
+                         f"got {tuple(attn_bias.shape)}")
+
+def _check_step(mha, x):
+    "Validate the input of MultiheadAttention.step: one position of a causal layer."
+    if not mha.causal: raise ValueError("step() is incremental causal decoding; build the layer with causal=True")
+    if x.dim() != 3 or x.shape[1] != 1 or x.shape[-1] != mha.d_model:
+        raise ValueError(f"x must be [B, 1, d_model={mha.d_model}] (one position), got {tuple(x.shape)}")
+
+# %% ../nbs/06_layers.ipynb #b0e8fb4c
 class MultiheadAttention(nn.Module):
     "Multi-head attention running any algorithm of the ATTENTIONS registry: [B, n, d_model] -> [B, n, d_model]."
     def __init__(self, d_model: int, # model width
@@ -309,35 +428,23 @@ class MultiheadAttention(nn.Module):
                  **options, # passed to the algorithm's build (num_features, redraw_interval, seed, dropout, ...)
                 ):
         super().__init__()
-        check_pos_int("d_model", d_model); check_pos_int("num_heads", num_heads)
-        if d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
-        spec = get_attention(attention)
-        if causal and not spec.causal: raise ValueError(f"attention {attention!r} does not support causal=True "
-            f"(causal names: {', '.join(sorted(n for n, s in ATTENTIONS.items() if s.causal))})")
+        spec = _layer_spec(d_model, num_heads, attention, causal)
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.attention, self.causal, self.spec = attention, causal, spec
         self.rpe = _resolve_rpe(attention, spec, rpe, num_heads, max_len)
         kdim = kdim or d_model
         self.q_proj, self.out_proj = nn.Linear(d_model, d_model, bias=bias), nn.Linear(d_model, d_model, bias=bias)
         self.k_proj, self.v_proj = nn.Linear(kdim, d_model, bias=bias), nn.Linear(kdim, d_model, bias=bias)
-        try: self.algorithm = spec.build(self.head_dim, num_heads, **options)
-        except TypeError as e: raise TypeError(f"bad options {sorted(options)} for attention {attention!r}: {e}") from e
+        self.algorithm = _build_algorithm(spec, attention, self.head_dim, num_heads, options)
 
-    def _split(self, x): return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)   # [B, H, n, d_h]
-    def _merge(self, x): return self.out_proj(x.transpose(1, 2).flatten(-2))
+    def _split(self, x):     # [B, n, H*d_h] -> [B, n, H, d_h] -> [B, H, n, d_h]
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _merge(self, x):     # [B, H, n, d_h] -> [B, n, H, d_h] -> [B, n, H*d_h], then the output projection
+        return self.out_proj(x.transpose(1, 2).flatten(-2))
 
     def _check(self, x, context, key_padding_mask, attn_bias):
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be a [B, n, d_model={self.d_model}] tensor, got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-        src = x if context is None else context
-        if context is not None:
-            if context.dim() != 3 or context.shape[0] != x.shape[0]: raise ValueError(f"context must be [B={x.shape[0]}, n_k, kdim], got {tuple(context.shape)}")
-            if self.causal: raise ValueError("causal=True is for self-attention; cross-attention (context=...) is never causal")
-            if self.rpe is not None: raise ValueError("rpe needs self-attention (a relative bias between one sequence's positions)")
-        if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or key_padding_mask.shape != src.shape[:2]):
-            raise ValueError(f"key_padding_mask must be a bool [B, n_k] = {list(src.shape[:2])} tensor, got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-        if attn_bias is not None and tuple(attn_bias.shape[-2:]) != (x.shape[1], src.shape[1]):
-            raise ValueError(f"attn_bias must be [..., n_q, n_k] = [..., {x.shape[1]}, {src.shape[1]}], got {tuple(attn_bias.shape)}")
+        _check_call(self, x, context, key_padding_mask, attn_bias)
 
     def forward(self, x: Tensor, # [B, n, d_model] queries (and keys/values for self-attention)
                 context: Tensor | None = None, # [B, n_k, kdim] keys/values for cross-attention
@@ -349,19 +456,18 @@ class MultiheadAttention(nn.Module):
         src = x if context is None else context
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(src)), self._split(self.v_proj(src))
         rpe_bias = None if self.rpe is None else self.rpe(x.shape[1])
-        kpm = None if key_padding_mask is None else key_padding_mask[:, None, :]
+        kpm = None if key_padding_mask is None else key_padding_mask[:, None, :]     # [B, n_k] -> [B, 1, n_k]
         out = self.algorithm(q, k, v, rpe_bias=rpe_bias, causal=self.causal, key_padding_mask=kpm, attn_bias=attn_bias)
         return self._merge(out)
 
-    def extra_repr(self): return f"d_model={self.d_model}, num_heads={self.num_heads}, attention={self.attention!r}, causal={self.causal}"
+    def extra_repr(self):
+        return f"d_model={self.d_model}, num_heads={self.num_heads}, attention={self.attention!r}, causal={self.causal}"
 
     def step(self, x: Tensor, # [B, 1, d_model] the newest position
               state: dict | None = None, # what the previous call returned (None at the first position)
              ) -> tuple: # (y [B, 1, d_model], state)
         "Incremental causal decoding: returns this position's output and the updated state."
-        if not self.causal: raise ValueError("step() is incremental causal decoding; build the layer with causal=True")
-        if x.dim() != 3 or x.shape[1] != 1 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be [B, 1, d_model={self.d_model}] (one position), got {tuple(x.shape)}")
+        _check_step(self, x)
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
         if self.spec.recurrent and self.rpe is None: out, state = _recurrent_step(self.algorithm, q, k, v, state)
         else: out, state = _cached_step(self, q, k, v, state)
@@ -373,8 +479,18 @@ def check_causality(layer: nn.Module, # maps [B, n, d] -> [B, n, d]
                     t: int, # change inputs after t
                     **kwargs) -> float: # max |change| of outputs at positions <= t
     "Max change of outputs[:, :t+1] when inputs after t are replaced by noise (0 for a causal layer)."
-    x2 = x.clone(); x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 10
+    x2 = x.clone()
+    x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 10
     with torch.no_grad(): return float((layer(x, **kwargs)[:, :t + 1] - layer(x2, **kwargs)[:, :t + 1]).abs().max())
+
+# %% ../nbs/06_layers.ipynb #ab482435
+def _check_convertible(name, m, attention, spec):
+    "Layer `name` can run `attention` when the algorithm supports the layer's causality and its RPE (or lack of it)."
+    if m.causal and not spec.causal: raise ValueError(f"layer {name!r} is causal; attention {attention!r} is not")
+    if m.rpe is not None and spec.rpe == "none":
+        raise ValueError(f"layer {name!r} has rpe; attention {attention!r} takes none")
+    if m.rpe is None and spec.rpe == "required":
+        raise ValueError(f"attention {attention!r} requires rpe; layer {name!r} has none")
 
 # %% ../nbs/06_layers.ipynb #ef01a3af
 def convert_attention(model: nn.Module, # holds MultiheadAttention layers
@@ -386,11 +502,8 @@ def convert_attention(model: nn.Module, # holds MultiheadAttention layers
     spec, done = get_attention(attention), 0
     for name, m in model.named_modules():
         if not isinstance(m, MultiheadAttention) or (where is not None and not where(name, m)): continue
-        if m.causal and not spec.causal: raise ValueError(f"layer {name!r} is causal; attention {attention!r} is not")
-        if m.rpe is not None and spec.rpe == "none": raise ValueError(f"layer {name!r} has rpe; attention {attention!r} takes none")
-        if m.rpe is None and spec.rpe == "required": raise ValueError(f"attention {attention!r} requires rpe; layer {name!r} has none")
-        try: alg = spec.build(m.head_dim, m.num_heads, **options)
-        except TypeError as e: raise TypeError(f"bad options {sorted(options)} for attention {attention!r}: {e}") from e
+        _check_convertible(name, m, attention, spec)
+        alg = _build_algorithm(spec, attention, m.head_dim, m.num_heads, options)
         m.algorithm, m.attention, m.spec = alg.to(m.q_proj.weight.device), attention, spec
         done += 1
     if not done: raise ValueError("no MultiheadAttention layer was selected in model")
@@ -399,13 +512,13 @@ def convert_attention(model: nn.Module, # holds MultiheadAttention layers
 # %% ../nbs/06_layers.ipynb #24c19986
 def _cached_step(mha, q, k, v, state):
     "One step over cached keys/values: a bias row b_{j-t} when the algorithm takes one, else a causal prefix recompute."
-    if state is not None: q, k, v = (torch.cat([state[n], t], -2) for n, t in (("q", q), ("k", k), ("v", v)))
+    if state is not None:                         # append the new position: [B, H, t-1, d_h] -> [B, H, t, d_h]
+        q, k, v = (torch.cat([state[n], t], -2) for n, t in (("q", q), ("k", k), ("v", v)))
     L = k.shape[-2]
     if getattr(mha.algorithm, "bias_row_decoding", False):
-        bias = None if mha.rpe is None else mha.rpe(L)[:, None, :L]       # offsets j - t = -(L-1)..0
+        bias = None if mha.rpe is None else mha.rpe(L)[:, None, :L]       # [H, 2L-1] -> [H, 1, L]: j - t = -(L-1)..0
         out = mha.algorithm(q[..., -1:, :], k, v, attn_bias=bias)
     else:
         rpe_bias = None if mha.rpe is None else mha.rpe(L)
         out = mha.algorithm(q, k, v, rpe_bias=rpe_bias, causal=True)[..., -1:, :]
     return out, {"q": q, "k": k, "v": v, "t": L}
-

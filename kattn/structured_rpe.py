@@ -19,6 +19,33 @@ from .attention import _prepare, _rpe_weights, _check_attention
 from ._rules import DEN_EPS, ones_column, split_divide
 from .toeplitz import _check_coeffs, _causal_coeffs, _setting
 
+# %% ../nbs/02a_structured_rpe.ipynb #242fd9bd
+def _check_bucket_args(num_buckets, max_distance, bidirectional):
+    "num_buckets: an int with a bucket per sign; max_distance: a positive int."
+    if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < (2 if bidirectional else 1):
+        raise ValueError(f"num_buckets must be an int >= {2 if bidirectional else 1}, got {num_buckets!r}")
+    if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
+        raise ValueError(f"max_distance must be a positive int, got {max_distance!r}")
+
+def _as_offsets(offset, device):
+    "An integer tensor of offsets as given, or every offset -(n-1)..n-1 of a length n."
+    if isinstance(offset, int) and not isinstance(offset, bool):
+        if offset < 1: raise ValueError(f"offset as a length n must be >= 1, got {offset}")
+        return torch.arange(-(offset - 1), offset, device=device)
+    if (not isinstance(offset, Tensor) or offset.is_floating_point() or offset.is_complex()
+            or offset.dtype == torch.bool):
+        got = getattr(offset, "dtype", type(offset).__name__)
+        raise TypeError(f"offset must be an integer tensor or an int n, got {got}")
+    return offset
+
+# %% ../nbs/02a_structured_rpe.ipynb #7b78be57
+def _log_bucket(a: Tensor, nb: int, max_distance: int) -> Tensor: # bucket in [0, nb) per magnitude
+    "T5 bucket of offset magnitudes a >= 0 among nb buckets: exact below max(nb // 2, 1), then log-spaced."
+    exact = max(nb // 2, 1)                                    # T5's max_exact = K/4 (bidirectional)
+    ratio = torch.log(a.float().clamp_min(1) / exact) / math.log(max(max_distance / exact, 1 + 1e-6))
+    large = (exact + (ratio * (nb - exact)).long()).clamp(0, nb - 1)
+    return torch.where(a < exact, a, large)
+
 # %% ../nbs/02a_structured_rpe.ipynb #c85cc4ce
 def t5_buckets(offset: Tensor | int, # integer offsets j - i (any shape), or n: every offset -(n-1)..n-1 in order
                num_buckets: int = 32, # K, total buckets (split between the two signs when bidirectional)
@@ -27,22 +54,15 @@ def t5_buckets(offset: Tensor | int, # integer offsets j - i (any shape), or n: 
                device=None, # torch device of the result when `offset` is an int
               ) -> Tensor: # bucket per offset in [0, K) ([2n-1], entry t + n - 1, when offset = n)
     "T5's relative-position buckets: exact for small |j - i|, log-spaced up to max_distance."
-    if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < (2 if bidirectional else 1):
-        raise ValueError(f"num_buckets must be an int >= {2 if bidirectional else 1}, got {num_buckets!r}")
-    if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
-        raise ValueError(f"max_distance must be a positive int, got {max_distance!r}")
-    if isinstance(offset, int) and not isinstance(offset, bool):
-        if offset < 1: raise ValueError(f"offset as a length n must be >= 1, got {offset}")
-        offset = torch.arange(-(offset - 1), offset, device=device)
-    elif not isinstance(offset, Tensor) or offset.is_floating_point() or offset.is_complex() or offset.dtype == torch.bool:
-        raise TypeError(f"offset must be an integer tensor or an int n, got {getattr(offset, 'dtype', type(offset).__name__)}")
+    _check_bucket_args(num_buckets, max_distance, bidirectional)
+    offset = _as_offsets(offset, device)
     nb, ret = num_buckets, torch.zeros_like(offset)
-    if bidirectional: nb //= 2; ret = (offset > 0).long() * nb; a = offset.abs()
+    if bidirectional:
+        nb //= 2
+        ret = (offset > 0).long() * nb
+        a = offset.abs()
     else: a = (-offset).clamp_min(0)
-    exact = max(nb // 2, 1)                                    # T5's max_exact = K/4 (bidirectional)
-    ratio = torch.log(a.float().clamp_min(1) / exact) / math.log(max(max_distance / exact, 1 + 1e-6))
-    large = (exact + (ratio * (nb - exact)).long()).clamp(0, nb - 1)
-    return ret + torch.where(a < exact, a, large)
+    return ret + _log_bucket(a, nb, max_distance)
 
 # %% ../nbs/02a_structured_rpe.ipynb #51006953
 def bucket_changes(buckets: Tensor, # [2n-1] bucket ids
@@ -55,9 +75,22 @@ def bucket_changes(buckets: Tensor, # [2n-1] bucket ids
     if causal and n > 1: ch.add(n)
     return sorted(ch)
 
+# %% ../nbs/02a_structured_rpe.ipynb #afc3c1e2
 @lru_cache(maxsize=64)
 def _t5_changes(n, num_buckets, max_distance, bidirectional, causal):
     return tuple(bucket_changes(t5_buckets(n, num_buckets, max_distance, bidirectional), causal))
+
+# %% ../nbs/02a_structured_rpe.ipynb #62d62f04
+def _change_terms(c, changes, n):
+    "Per-row coefficient of S[n] [..., n] and the (lo, hi, q, delta) slices of each change point (rows lo..hi-1)."
+    coef = c[..., -1:].expand(*c.shape[:-1], n).clone()              # coefficient of S[n] per row
+    parts = []
+    for p in changes:
+        q, delta = p - (n - 1), c[..., p] - c[..., p - 1]
+        if q >= 2: coef[..., n - q + 1:] -= delta[..., None]
+        lo, hi = max(0, -q), min(n, n - q + 1)
+        if lo < hi: parts.append((lo, hi, q, delta))
+    return coef, parts
 
 # %% ../nbs/02a_structured_rpe.ipynb #1d1c00d7
 def bucketed_toeplitz_matmul(c: Tensor, # [..., 2n-1] coefficients, constant between change points
@@ -70,17 +103,27 @@ def bucketed_toeplitz_matmul(c: Tensor, # [..., 2n-1] coefficients, constant bet
     _check_coeffs("c", c, n)
     if causal: c = _causal_coeffs(c)
     S = F.pad(x.cumsum(-2), (0, 0, 1, 0))                          # S[k] = sum_{j<k} x_j, [..., n+1, d]
-    coef = c[..., -1:].expand(*c.shape[:-1], n).clone()              # coefficient of S[n] per row
-    parts = []
-    for p in changes:
-        q, delta = p - (n - 1), c[..., p] - c[..., p - 1]
-        if q >= 2: coef[..., n - q + 1:] -= delta[..., None]
-        lo, hi = max(0, -q), min(n, n - q + 1)
-        if lo < hi: parts.append((lo, hi, q, delta))
-    y = coef[..., None] * S[..., n:, :]
+    coef, parts = _change_terms(c, changes, n)
+    y = coef[..., None] * S[..., n:, :]                            # [..., n, 1] * [..., 1, d] -> [..., n, d]
     for lo, hi, q, delta in parts:
         y[..., lo:hi, :].addcmul_(S[..., lo + q:hi + q, :], delta[..., None, None], value=-1)
     return y
+
+# %% ../nbs/02a_structured_rpe.ipynb #9e4a53a9
+def _features_per_chunk(batch, n, m, dv, element_size):
+    "Features per chunk: as many as the planner's memory budget (kattn.toeplitz) holds, at least 1, at most m."
+    per_feature = 3 * math.prod(batch) * (n + 1) * dv * element_size   # prefix-sum buffers of one feature
+    return max(1, min(m, _setting("memory_budget") // max(per_feature, 1)))
+
+# %% ../nbs/02a_structured_rpe.ipynb #1626dfa0
+def _bucketed_numerators(fq, fk, v1, c, changes, causal, mc):
+    "sum_j c_{j-i} (fq_i . fk_j) v1_j, by chunks of mc features: [..., n, d_v+1]."
+    dv, out = v1.shape[-1], 0
+    for s in range(0, fk.shape[-1], mc):
+        a = (fk[..., s:s + mc, None] * v1[..., None, :]).flatten(-2)          # [..., n, mc, d+1] -> [..., n, mc (d+1)]
+        d1 = bucketed_toeplitz_matmul(c, a, changes, causal).unflatten(-1, (-1, dv))   # -> [..., n, mc, d+1]
+        out = out + (fq[..., s:s + mc, None] * d1).sum(-2)
+    return out
 
 # %% ../nbs/02a_structured_rpe.ipynb #7ccdce89
 def bucketed_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
@@ -100,20 +143,13 @@ def bucketed_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
         fq, fk, v1 = _prepare(phi_q, phi_k, v, key_padding_mask)
-        c = _rpe_weights(bucket_bias[..., bk], causal, fq.dtype)
+        c = _rpe_weights(bucket_bias[..., bk], causal, fq.dtype)            # [..., K] -> [..., 2n-1]
         changes = _t5_changes(n, K, max_distance, not causal, causal)
-        m, dv = fk.shape[-1], v1.shape[-1]
         batch = torch.broadcast_shapes(fq.shape[:-2], fk.shape[:-2], v1.shape[:-2], c.shape[:-1])
-        per_feature = 3 * math.prod(batch) * (n + 1) * dv * fq.element_size()   # prefix-sum buffers of one feature
-        mc = max(1, min(m, _setting("memory_budget") // max(per_feature, 1)))    # the planner's budget (kattn.toeplitz)
-        out = 0
-        for s in range(0, m, mc):
-            a = (fk[..., s:s + mc, None] * v1[..., None, :]).flatten(-2)          # [..., n, mc (d+1)]
-            d1 = bucketed_toeplitz_matmul(c, a, changes, causal).unflatten(-1, (-1, dv))
-            out = out + (fq[..., s:s + mc, None] * d1).sum(-2)
-        return split_divide(out, eps).to(out_dtype)
+        mc = _features_per_chunk(batch, n, fk.shape[-1], v1.shape[-1], fq.element_size())
+        return split_divide(_bucketed_numerators(fq, fk, v1, c, changes, causal, mc), eps).to(out_dtype)
 
-# %% ../nbs/02a_structured_rpe.ipynb #fd750894
+# %% ../nbs/02a_structured_rpe.ipynb #e2cf6d5c
 def _inclusive_scan(s, a):
     "E_k = a E_{k-1} + s_k along dim -3 by doubling (s: [..., N, m, d]; a: [..., 1, 1, 1])."
     N, step = s.shape[-3], 1
@@ -122,15 +158,27 @@ def _inclusive_scan(s, a):
         a, step = a * a, step * 2
     return s
 
+# %% ../nbs/02a_structured_rpe.ipynb #7c14f4af
+def _chunk_rows(t, N, C):
+    "[..., n, f] -> [..., 1, N, C, f], zero-padded to N*C rows (the 1 broadcasts over the decays)."
+    return F.pad(t, (0, 0, 0, N * C - t.shape[-2])).unflatten(-2, (N, C)).unsqueeze(-4)
+
+def _decay_matrix(lr, C, strict, device):
+    "lr^(a - a') for a' <= a (a' < a if strict), else 0: [..., R, C, C] from lr [..., R, 1, 1]."
+    i = torch.arange(C, device=device)
+    e = i[:, None] - i[None, :]                                             # [C, C] a - a'
+    return torch.where(e > 0 if strict else e >= 0, lr ** e.clamp_min(0).to(lr.dtype), 0)
+
+# %% ../nbs/02a_structured_rpe.ipynb #ecd371b4
 def _decay_causal(fq, fk, v1, lam, chunk, strict):
     "sum over j <= i (j < i if strict) of lam^(i-j) (fq_i . fk_j) v1_j, per decay: [..., R, n, d_v]."
-    n = fq.shape[-2]; C = max(1, min(chunk, n)); N = -(-n // C)
-    blk = lambda t: F.pad(t, (0, 0, 0, N * C - n)).unflatten(-2, (N, C)).unsqueeze(-4)   # [..., 1, N, C, f]
-    q, k, v = blk(fq), blk(fk), blk(v1)
-    lr = lam[..., :, None, None]                                            # [..., R, 1, 1]
+    n = fq.shape[-2]
+    C = max(1, min(chunk, n))
+    N = -(-n // C)
+    q, k, v = _chunk_rows(fq, N, C), _chunk_rows(fk, N, C), _chunk_rows(v1, N, C)   # [..., 1, N, C, f]
+    lr = lam[..., :, None, None]                                            # [..., R] -> [..., R, 1, 1]
     i = torch.arange(C, device=fq.device)
-    e = i[:, None] - i[None, :]
-    Dm = torch.where(e > 0 if strict else e >= 0, lr ** e.clamp_min(0).to(lam.dtype), 0)   # [..., R, C, C]
+    Dm = _decay_matrix(lr, C, strict, fq.device)                            # [..., R, C, C]
     intra = ((q @ k.transpose(-1, -2)) * Dm.unsqueeze(-3)) @ v              # [..., R, N, C, d_v]
     tail = (lr ** (C - 1 - i).to(lam.dtype)).unsqueeze(-1)                  # [..., R, 1, C, 1]
     s = (k * tail).transpose(-1, -2) @ v                                    # [..., R, N, m, d_v]
@@ -138,17 +186,18 @@ def _decay_causal(fq, fk, v1, lam, chunk, strict):
     H = torch.cat([torch.zeros_like(E[..., :1, :, :]), E[..., :-1, :, :]], -3)   # state entering each chunk
     head = (lr ** (i + 1).to(lam.dtype)).unsqueeze(-1)                      # [..., R, 1, C, 1]
     out = intra + head * (q @ H)
-    return out.flatten(-3, -2)[..., :n, :]
+    return out.flatten(-3, -2)[..., :n, :]                                  # [..., R, N, C, d_v] -> [..., R, n, d_v]
 
-# %% ../nbs/02a_structured_rpe.ipynb #5477238c
+# %% ../nbs/02a_structured_rpe.ipynb #e2200cca
 def naive_decay_rpe_bias(alpha: Tensor, # [..., R] mixture weights (> 0)
                          lam: Tensor, # [..., R] decay rates in (0, 1]
                          n: int, # sequence length
                         ) -> Tensor: # [..., 2n-1] b_t = log sum_r alpha_r lam_r^|t|
     "The RPE bias vector of a decay mixture (for the FFT path and the naive reference)."
     t = torch.arange(-(n - 1), n, device=lam.device).abs().to(lam.dtype)
-    return torch.log((alpha[..., :, None] * lam[..., :, None] ** t).sum(-2))
+    return torch.log((alpha[..., :, None] * lam[..., :, None] ** t).sum(-2))   # [..., R, 2n-1] -> [..., 2n-1]
 
+# %% ../nbs/02a_structured_rpe.ipynb #5477238c
 def decay_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
                                phi_k: Tensor, # [..., n, m] key features
                                v: Tensor, # [..., n, d_v] values
@@ -160,7 +209,8 @@ def decay_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
                                eps: float = DEN_EPS, # denominator guard
                               ) -> Tensor: # [..., n, d_v]
     "Kernelized attention with RPE c_t = sum_r alpha_r lam_r^|t|, exact, by chunked scans in O(n m d R)."
-    if alpha.shape[-1:] != lam.shape[-1:]: raise ValueError(f"alpha {tuple(alpha.shape)} and lam {tuple(lam.shape)} must share the last dim R")
+    if alpha.shape[-1:] != lam.shape[-1:]:
+        raise ValueError(f"alpha {tuple(alpha.shape)} and lam {tuple(lam.shape)} must share the last dim R")
     _check_attention(("phi_q", "phi_k"), phi_q, phi_k, v, None, causal, key_padding_mask)
     out_dtype = torch.promote_types(torch.promote_types(phi_q.dtype, phi_k.dtype), v.dtype)
     with torch.autocast(v.device.type, enabled=False):
@@ -169,7 +219,8 @@ def decay_kernelized_attention(phi_q: Tensor, # [..., n, m] query features
         out = _decay_causal(fq, fk, v1, lam, chunk_size, False)
         if not causal:
             out = out + _decay_causal(fq.flip(-2), fk.flip(-2), v1.flip(-2), lam, chunk_size, True).flip(-2)
-        return split_divide((alpha[..., :, None, None] * out).sum(-3), eps).to(out_dtype)
+        mixed = (alpha[..., :, None, None] * out).sum(-3)                  # [..., R, n, d+1] -> [..., n, d+1]
+        return split_divide(mixed, eps).to(out_dtype)
 
 # %% ../nbs/02a_structured_rpe.ipynb #25ede89a
 def decay_decode_init(phi_k: Tensor, # [..., m] a key feature vector (for batch shape, dtype, device)
@@ -179,6 +230,7 @@ def decay_decode_init(phi_k: Tensor, # [..., m] a key feature vector (for batch 
     "Empty decoder state for `decay_decode_step`."
     return phi_k.new_zeros(*phi_k.shape[:-1], R, phi_k.shape[-1], d_v + 1)
 
+# %% ../nbs/02a_structured_rpe.ipynb #79316759
 def decay_decode_step(state: Tensor, # [..., R, m, d_v+1] from the previous step (or `decay_decode_init`)
                       phi_q: Tensor, # [..., m] features of the new query
                       phi_k: Tensor, # [..., m] features of the new key
@@ -189,6 +241,7 @@ def decay_decode_step(state: Tensor, # [..., R, m, d_v+1] from the previous step
                      ) -> tuple: # (output [..., d_v], new state)
     "One causal decoding step of decay-mixture RPE attention: O(R m d) time and memory."
     v1 = ones_column(v)
-    state = lam[..., :, None, None] * state + (phi_k[..., None, :, None] * v1[..., None, None, :])
-    o = (alpha[..., :, None] * (phi_q[..., None, None, :] @ state).squeeze(-2)).sum(-2)
+    state = lam[..., :, None, None] * state + (phi_k[..., None, :, None] * v1[..., None, None, :])   # [..., R, m, d+1]
+    read = (phi_q[..., None, None, :] @ state).squeeze(-2)                 # [..., R, 1, d+1] -> [..., R, d+1]
+    o = (alpha[..., :, None] * read).sum(-2)                               # [..., R, d+1] -> [..., d+1]
     return split_divide(o, eps).to(torch.promote_types(phi_q.dtype, v.dtype)), state
