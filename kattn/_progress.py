@@ -11,7 +11,7 @@ __all__ = ['ENV', 'report', 'follow']
 import json
 import os
 import time
-from pathlib import Path
+
 
 # %% ../nbs/00b_progress.ipynb #79499feb
 ENV = "KATTN_PROGRESS"      # the file `report` appends to; set by `kattn run` for the kernel it starts

@@ -15,12 +15,11 @@ import ctypes
 import gc
 import json
 import math
-import os
 import re
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -10,7 +10,6 @@ __all__ = ['settings', 'naive_toeplitz_matrix', 'naive_toeplitz_matmul', 'fft_le
            'lowrank_toeplitz_matmul']
 
 # %% ../nbs/00_toeplitz.ipynb #cedc0116
-import math
 import os
 import json
 import platform

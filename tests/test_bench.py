@@ -1,5 +1,4 @@
 "Benchmark harness logic (never wall-clock assertions): interleaving, medians, modes, memory, sweeps, JSON, crossover."
-import math
 import pytest
 import torch
 import pandas as pd

@@ -1,6 +1,7 @@
 "Toeplitz/FFT product against the dense reference (float64), gradients, causality, dtypes, errors."
 import pytest, torch
-from kattn.toeplitz import toeplitz_matmul, naive_toeplitz_matmul, naive_toeplitz_matrix, fft_length
+from kattn.toeplitz import (toeplitz_matmul, naive_toeplitz_matmul, naive_toeplitz_matrix, fft_length,
+                            lowrank_toeplitz_matmul, naive_lowrank_toeplitz_matmul, toeplitz_settings, settings)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 127, 1000])
@@ -143,8 +144,6 @@ def test_toeplitz_matmul_double_backward(causal):
 
 
 # --- the low-rank Toeplitz product behind RPE attention: both forms against the dense reference --------------------
-from kattn.toeplitz import (lowrank_toeplitz_matmul, naive_lowrank_toeplitz_matmul, naive_toeplitz_matrix,
-                            toeplitz_settings, settings)
 
 FORMS = {"dense": dict(dense_max_n=10 ** 6), "fft": dict(dense_max_n=0),
          "fft_small_blocks": dict(dense_max_n=0, block_bytes=2 * 3 * 64 * 8)}

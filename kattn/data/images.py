@@ -11,7 +11,6 @@ __all__ = ['FETCH_CIFAR', 'FETCH_IMAGENET', 'IMG_EXT', 'load_pickle', 'read_cifa
 
 # %% ../../nbs/08g_data_images.ipynb #a51b3a92
 import gzip
-import io
 import pickle
 import struct
 import zlib
