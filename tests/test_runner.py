@@ -132,6 +132,12 @@ def test_committed_paper_results_are_valid():
         assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
     rows = json.loads((ROOT / "runs" / "image_classification" / "cpu.json").read_text())["paper_results"]
     assert {r["id"] for r in rows} == {"luo-table4", "zheng-imagenet"} and len(rows) >= 8 and all(r["ours"] is not None for r in rows)
+    rows = json.loads((ROOT / "runs" / "lra" / "cpu.json").read_text())["paper_results"]
+    assert {r["id"] for r in rows} == {"chowdhury-lra", "zheng-lra", "chowdhury-analysis"}
+    lra = [r for r in rows if r["id"] == "chowdhury-lra"]   # every task x (the LRA paper's baselines + the six learned maps)
+    assert len(lra) >= 5 * 9 and all(r["ours"] is not None for r in lra)
+    zheng = [r for r in rows if r["id"] == "zheng-lra"]     # softmax, RA, RFA, LARA: the average of all five tasks
+    assert len(zheng) == 4 and all(r["ours"] is not None and r["paper"] is not None for r in zheng)
 
 
 CLI = "import sys; from kattn.runner import main; sys.exit(main({!r}))"
@@ -539,7 +545,7 @@ def test_reproduce_only_accepts_every_real_suite_name():
 
 
 def test_suite_status_line_uses_the_recorded_wall_times(tmp_path, monkeypatch):
-    calls = fake_suite(monkeypatch, tmp_path)
+    fake_suite(monkeypatch, tmp_path)
     for name, slug, wall in (("a", "cpu", 100.0), ("b", "cpu", 300.0), ("c", "cpu__k=1", 50.0)):
         (tmp_path / "runs" / name).mkdir(parents=True, exist_ok=True)
         (tmp_path / "runs" / name / f"{slug}.json").write_text(json.dumps({"wall_time_s": wall}))
