@@ -127,7 +127,7 @@ def test_committed_paper_results_are_valid():
     for name, paper_id in (("conversion", "luo-fig2"), ("lm", "luo-table2"), ("feature_maps", "luo-fig3"),
                            ("mt", "luo-table3"), ("mlm_finetune", "luo-table1"), ("approx_error_randomized", "zheng-fig2"),
                            ("zheng_cost", "zheng-cost"), ("sparsity", "chowdhury-sparsity"),
-                           ("approx_error_prf", "luo-fig1b")):
+                           ("approx_error_prf", "luo-fig1b"), ("speed", "luo-fig1a")):
         rows = json.loads((ROOT / "runs" / name / "cpu.json").read_text())["paper_results"]
         assert len(rows) >= 4 and {r["id"] for r in rows} == {paper_id} and all(r["ours"] is not None for r in rows), name
     rows = json.loads((ROOT / "runs" / "image_classification" / "cpu.json").read_text())["paper_results"]
@@ -138,6 +138,21 @@ def test_committed_paper_results_are_valid():
     assert len(lra) >= 5 * 9 and all(r["ours"] is not None for r in lra)
     zheng = [r for r in rows if r["id"] == "zheng-lra"]     # softmax, RA, RFA, LARA: the average of all five tasks
     assert len(zheng) == 4 and all(r["ours"] is not None and r["paper"] is not None for r in zheng)
+
+
+def test_committed_performance_verdicts_follow_their_numbers():
+    # the records' verdicts are computed from their own ratios (no wall-clock assertion: the numbers are whatever ran)
+    m = json.loads((ROOT / "runs" / "train_smoke" / "cpu.json").read_text())["metrics"]["throughput_target"]
+    assert m["target"] == "<= 1.5" and m["met"] == (m["softmax_rpe_over_nprf_rpe_tokens_per_s"] <= 1.5)
+    speed = json.loads((ROOT / "runs" / "speed" / "cpu.json").read_text())["metrics"]
+    pc, rows = speed["path_choice"], speed["path_rows"]
+    assert {r["n"] for r in rows} == {2 ** i for i in range(6, 17)} and {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+    worst = max(r["chosen_form_over_best"] for r in rows)
+    assert abs(pc["worst"] - worst) < 1e-3 and pc["holds"] == (worst <= 1.15)
+    for r in rows:      # the form the op chose is the one its rule names, and the ratio is that form's time over the best
+        best = min(t for t in (r["fft"], r["dense"]) if t is not None)
+        assert r["chosen_form"] == ("dense" if r["n"] <= pc["crossover_in_use"] and r["dense_within_budget"] else "fft")
+        assert abs(r["chosen_form_over_best"] - r[r["chosen_form"]] / best) < 1e-9
 
 
 CLI = "import sys; from kattn.runner import main; sys.exit(main({!r}))"
