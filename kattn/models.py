@@ -553,4 +553,8 @@ class MaskedLM(nn.Module):
         init_weights(self, cfg.init)
     def forward(self, ids, key_padding_mask=None): return self.head(self.body(ids, key_padding_mask))
     def loss(self, inputs, labels, key_padding_mask=None):
-        return F.cross_entropy(self(inputs, key_padding_mask).flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        "Mean cross-entropy over the predicted positions (labels != -100); the head runs on those rows only."
+        if labels.shape != inputs.shape: raise ValueError(f"labels must have the shape of inputs {tuple(inputs.shape)}, got {tuple(labels.shape)}")
+        picked = labels != -100
+        logits = self.head(self.body(inputs, key_padding_mask)[picked])
+        return F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), labels[picked])
