@@ -255,6 +255,24 @@ def _recurrent_step(alg, q, k, v, state):
             out = torch.minimum(torch.maximum(out, new["lo"]), new["hi"])
         return out.to(v.dtype), new
 
+# %% ../nbs/02_attention.ipynb #066b65a4
+def _context_summary(alg, q, k, v, key_padding_mask=None):
+    "S = sum_j phi(k_j) [v_j, 1]^T over the unpadded keys of a fixed context (+ their value box when alg.clip)."
+    with torch.autocast(v.device.type, enabled=False):
+        _, fk, v1 = _prepare(*alg.features(q, k), v, key_padding_mask)     # padded keys zeroed
+        state = {"S": fk.transpose(-1, -2) @ v1}                           # [..., m, d_v+1]
+        if getattr(alg, "clip", False): state["lo"], state["hi"] = value_box(v1[..., :-1], False, key_padding_mask)
+        return state
+
+def _summary_step(alg, q, state):
+    "Attention of queries q over the context summarized by `_context_summary`: phi(q)^T S, divided."
+    phi_q = alg.features(q, q)[0]                      # the features of a query do not depend on the keys
+    with torch.autocast(q.device.type, enabled=False):
+        S = state["S"]
+        out = split_divide(phi_q.to(S.dtype) @ S)
+        if "lo" in state: out = torch.where(state["lo"] > state["hi"], out, torch.minimum(torch.maximum(out, state["lo"]), state["hi"]))
+        return out
+
 # %% ../nbs/02_attention.ipynb #0b3635df
 def kernelized_softmax_attention(q: Tensor, # [..., n, d] queries
                                  k: Tensor, # [..., n, d] keys

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .features import FeatureMap, PositiveRandomFeatures, TrigonometricRandomFeatures, EluFeatures
 from ._rules import NORM_EPS, allowed_mask, check_choice, check_pos_int, check_prob, l2_normalize, work_dtype
-from .attention import kernelized_attention, rpe_matrix, dense_kernelized_attention, _recurrent_step
+from .attention import kernelized_attention, rpe_matrix, dense_kernelized_attention, _recurrent_step, _context_summary, _summary_step
 from .randomized import RandomizedAttention, RandomFeatureAttention, LinearRandomizedAttention
 from .learned import GMMRandomFeatures, FastFoodRandomFeatures, GenerativeRandomFeatures
 from .structured_rpe import t5_buckets
@@ -473,6 +473,14 @@ class MultiheadAttention(nn.Module):
         else: out, state = _cached_step(self, q, k, v, state)
         return self._merge(out), state
 
+    def cross_step(self, x: Tensor, # [B, n, d_model] the newest query position(s)
+                   context: Tensor, # [B, n_k, kdim] a fixed context (e.g. the encoder memory)
+                   key_padding_mask: Tensor | None = None, # [B, n_k] bool, True = padding
+                   state: dict | None = None, # what the previous call returned for the same context (None first)
+                  ) -> tuple: # (y [B, n, d_model], state): y equals self(x, context, key_padding_mask)
+        "Cross-attention during decoding: the context's projections (or a linear algorithm's summary) computed once."
+        return _memory_step(self, x, context, key_padding_mask, state)
+
 # %% ../nbs/06_layers.ipynb #cb05c625
 def check_causality(layer: nn.Module, # maps [B, n, d] -> [B, n, d]
                     x: Tensor, # [B, n, d]
@@ -522,3 +530,16 @@ def _cached_step(mha, q, k, v, state):
         rpe_bias = None if mha.rpe is None else mha.rpe(L)
         out = mha.algorithm(q, k, v, rpe_bias=rpe_bias, causal=True)[..., -1:, :]
     return out, {"q": q, "k": k, "v": v, "t": L}
+
+# %% ../nbs/06_layers.ipynb #d787417d
+def _memory_step(mha, x, context, key_padding_mask, state):
+    "`MultiheadAttention.cross_step`: attend over a fixed context, caching its projections or summary in `state`."
+    q = mha._split(mha.q_proj(x))
+    if state is None:
+        _check_call(mha, x, context, key_padding_mask, None)
+        k, v = mha._split(mha.k_proj(context)), mha._split(mha.v_proj(context))
+        kpm = None if key_padding_mask is None else key_padding_mask[:, None, :]     # [B, n_k] -> [B, 1, n_k]
+        state = _context_summary(mha.algorithm, q, k, v, kpm) if mha.spec.recurrent else {"k": k, "v": v, "kpm": kpm}
+    if "S" in state: out = _summary_step(mha.algorithm, q, state).to(q.dtype)
+    else: out = mha.algorithm(q, state["k"], state["v"], key_padding_mask=state["kpm"])
+    return mha._merge(out), state

@@ -178,18 +178,19 @@ class DecoderBlock(nn.Module):
         self.cross_attn = MultiheadAttention(d_model, num_heads, cross_attention, rpe=False, bias=bias, **(cross_options or {}))
         self.ffn, self.drop = FeedForward(d_model, d_ff, dropout, activation), nn.Dropout(dropout)
 
-    def _rest(self, x, memory, memory_padding_mask):
+    def forward(self, x, memory, memory_padding_mask=None, key_padding_mask=None):
+        x = x + self.drop(self.self_attn(self.ln1(x), key_padding_mask=key_padding_mask))
         x = x + self.drop(self.cross_attn(self.ln2(x), context=memory, key_padding_mask=memory_padding_mask))
         return x + self.drop(self.ffn(self.ln3(x)))
 
-    def forward(self, x, memory, memory_padding_mask=None, key_padding_mask=None):
-        x = x + self.drop(self.self_attn(self.ln1(x), key_padding_mask=key_padding_mask))
-        return self._rest(x, memory, memory_padding_mask)
-
     def step(self, x, memory, memory_padding_mask=None, state=None):
-        "One target position of incremental decoding."
-        a, state = self.self_attn.step(self.ln1(x), state)
-        return self._rest(x + self.drop(a), memory, memory_padding_mask), state
+        "One target position of incremental decoding; state = (self-attention's, cross-attention's over this memory)."
+        s_self, s_cross = state or (None, None)
+        a, s_self = self.self_attn.step(self.ln1(x), s_self)
+        x = x + self.drop(a)
+        c, s_cross = self.cross_attn.cross_step(self.ln2(x), memory, memory_padding_mask, s_cross)
+        x = x + self.drop(c)
+        return x + self.drop(self.ffn(self.ln3(x))), (s_self, s_cross)
 
 # %% ../nbs/07_models.ipynb #72d3ca84
 INIT_SCHEMES = {
