@@ -477,7 +477,7 @@ class MultiheadAttention(nn.Module):
                    context: Tensor, # [B, n_k, kdim] a fixed context (e.g. the encoder memory)
                    key_padding_mask: Tensor | None = None, # [B, n_k] bool, True = padding
                    state: dict | None = None, # what the previous call returned for the same context (None first)
-                  ) -> tuple: # (y [B, n, d_model], state): y equals self(x, context, key_padding_mask)
+                  ) -> tuple: # (y [B, n, d_model], state): each query's row of self(x, context, key_padding_mask)
         "Cross-attention during decoding: the context's projections (or a linear algorithm's summary) computed once."
         return _memory_step(self, x, context, key_padding_mask, state)
 
