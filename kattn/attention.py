@@ -140,7 +140,10 @@ def clip_to_values(out: Tensor, # [..., n_q, d_v] an attention estimate
                    causal: bool = False, key_padding_mask: Tensor | None = None,
                   ) -> Tensor: # out projected into the box of admissible values (rows with none: unchanged)
     "Project an attention estimate into [min_j v_j, max_j v_j] per column, where every exact output lies."
-    lo, hi = value_box(v.to(out.dtype), causal, key_padding_mask)
+    return _into_box(out, *value_box(v.to(out.dtype), causal, key_padding_mask))
+
+def _into_box(out, lo, hi):
+    "out clamped into [lo, hi]; rows whose box is empty (lo > hi: no admissible value) unchanged."
     return torch.where(lo > hi, out, torch.minimum(torch.maximum(out, lo), hi))
 
 # %% ../nbs/02_attention.ipynb #ae44afda
@@ -252,7 +255,7 @@ def _recurrent_step(alg, q, k, v, state):
             vw = v1[..., :-1]
             new["lo"] = vw if state is None else torch.minimum(state["lo"], vw)
             new["hi"] = vw if state is None else torch.maximum(state["hi"], vw)
-            out = torch.minimum(torch.maximum(out, new["lo"]), new["hi"])
+            out = _into_box(out, new["lo"], new["hi"])
         return out.to(v.dtype), new
 
 # %% ../nbs/02_attention.ipynb #066b65a4
@@ -270,7 +273,7 @@ def _summary_step(alg, q, state):
     with torch.autocast(q.device.type, enabled=False):
         S = state["S"]
         out = split_divide(phi_q.to(S.dtype) @ S)
-        if "lo" in state: out = torch.where(state["lo"] > state["hi"], out, torch.minimum(torch.maximum(out, state["lo"]), state["hi"]))
+        if "lo" in state: out = _into_box(out, state["lo"], state["hi"])
         return out
 
 # %% ../nbs/02_attention.ipynb #0b3635df
